@@ -1,0 +1,134 @@
+package proto
+
+import "time"
+
+// HostStatus is the coordinator's view of a host's health.
+type HostStatus string
+
+const (
+	HostReady    HostStatus = "ready"
+	HostDown     HostStatus = "down"
+	HostDraining HostStatus = "draining"
+)
+
+// GPU describes one device and how the agent carved it into slots.
+type GPU struct {
+	Index       int    `json:"index"`
+	UUID        string `json:"uuid"`
+	Name        string `json:"name"`
+	MemoryTotal uint64 `json:"memory_total"`
+	// MemoryReserved is held back from the slot pool (driver, other tenants).
+	MemoryReserved uint64 `json:"memory_reserved"`
+	SlotBytes      uint64 `json:"slot_bytes"`
+	Slots          int    `json:"slots"`
+}
+
+// Host is a GPU host as registered with the coordinator.
+type Host struct {
+	ID   string `json:"id"`
+	Addr string `json:"addr"`
+	// DeviceKind is "nvml" for real GPUs or "simulated".
+	DeviceKind string            `json:"device_kind"`
+	GPUs       []GPU             `json:"gpus"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	// Bandwidth is bytes/s for bringing a model from each tier into a slot's
+	// worker, as the agent measured or was configured with.
+	Bandwidth    map[Tier]float64 `json:"bandwidth"`
+	Version      string           `json:"version,omitempty"`
+	RegisteredAt time.Time        `json:"registered_at"`
+	Index        uint64           `json:"index,omitempty"`
+}
+
+// CachedBlob is a blob held on a host outside any worker.
+type CachedBlob struct {
+	Digest Digest `json:"digest"`
+	Size   int64  `json:"size"`
+	Tier   Tier   `json:"tier"` // ram or disk
+}
+
+// SlotState is the live state of one slot, sent in heartbeats.
+type SlotState struct {
+	GPU  int `json:"gpu"`
+	Slot int `json:"slot"`
+	// Resident are the digests the slot's worker holds (the vram tier).
+	Resident []Digest `json:"resident,omitempty"`
+	// Running is the job the slot is executing, if any; Queued the jobs
+	// assigned to it behind that one.
+	Running string   `json:"running,omitempty"`
+	Queued  []string `json:"queued,omitempty"`
+}
+
+// Heartbeat is an agent's periodic report of its live state. It is held in
+// the leader's memory, not in the Raft log: it changes every few seconds and
+// is rebuilt from the next beat after a leader change.
+type Heartbeat struct {
+	Proto  int          `json:"proto"`
+	HostID string       `json:"host_id"`
+	Time   time.Time    `json:"time"`
+	Slots  []SlotState  `json:"slots"`
+	Cache  []CachedBlob `json:"cache"`
+	// Draining hosts take no new placements.
+	Draining bool `json:"draining,omitempty"`
+}
+
+// HostView is a host as the API lists it: registration plus live state.
+type HostView struct {
+	Host
+	Status        HostStatus   `json:"status"`
+	LastHeartbeat *time.Time   `json:"last_heartbeat,omitempty"`
+	Slots         []SlotState  `json:"slots"`
+	Cache         []CachedBlob `json:"cache"`
+}
+
+// Registration is the body an agent sends when it starts.
+type Registration struct {
+	Proto int  `json:"proto"`
+	Host  Host `json:"host"`
+}
+
+// Assignment tells an agent to run one attempt of a job in a slot.
+type Assignment struct {
+	JobID   string     `json:"job_id"`
+	Epoch   uint64     `json:"epoch"`
+	Attempt int        `json:"attempt"`
+	GPU     int        `json:"gpu"`
+	Slot    int        `json:"slot"`
+	Spec    JobSpec    `json:"spec"`
+	Models  []ModelRef `json:"models"`
+	Cancel  bool       `json:"cancel,omitempty"`
+}
+
+// Assignments is the long-poll answer: every live assignment for the host,
+// and the index to pass as ?index= to wait for the next change.
+type Assignments struct {
+	Index       uint64       `json:"index"`
+	Assignments []Assignment `json:"assignments"`
+}
+
+// JobReport is an agent's report of a job's transition in its placement.
+type JobReport struct {
+	JobID    string    `json:"job_id"`
+	HostID   string    `json:"host_id"`
+	Epoch    uint64    `json:"epoch"`
+	State    JobState  `json:"state"`
+	Error    string    `json:"error,omitempty"`
+	Progress *Progress `json:"progress,omitempty"`
+	LoadS    float64   `json:"load_s,omitempty"`
+	RunS     float64   `json:"run_s,omitempty"`
+	Outputs  []Output  `json:"outputs,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// APIError is the body of every error answer:
+// {"error": {"code", "message", "field"}}.
+type APIError struct {
+	Error ErrorBody `json:"error"`
+}
+
+// ErrorBody carries a machine-readable code, a sentence for people, and the
+// offending field where there is one.
+type ErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+}
