@@ -1,0 +1,213 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/agent/runner"
+	"github.com/hearth-gpu/hearth/cachefs"
+	"github.com/hearth-gpu/hearth/client"
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// Version is reported at registration; the binary sets it at link time.
+var Version = "dev"
+
+// Agent is one host's daemon. New starts it; Close stops it.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	api    *client.Client
+	devs   gpu.Devices
+	gpus   []proto.GPU
+	pools  []*gpu.SlotPool
+	cache  *cachefs.Store
+	origin cachefs.Origin
+	exec   *runner.Exec
+
+	slots []*slot // every slot of every GPU, in (gpu, slot) order
+
+	mu   sync.Mutex
+	jobs map[string]*jobRun // live assignments by job id
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New discovers GPUs, opens the cache and starts the agent's loops. It
+// returns once the agent is registered with the coordinator, or with an
+// error if ctx ends first.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if err := cfg.fillDefaults(); err != nil {
+		return nil, err
+	}
+	if err := ValidateConfig(&cfg); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), api: client.New(cfg.CoordinatorURL, nil), jobs: make(map[string]*jobRun)}
+	for _, d := range []string{cfg.resultsDir(), cfg.workDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("agent: create %s: %w", d, err)
+		}
+	}
+	var err error
+	if a.cache, err = cachefs.Open(cachefs.Config{Dir: cfg.cacheDir(), MaxBytes: cfg.CacheMaxBytes, Logger: a.log}); err != nil {
+		return nil, err
+	}
+	if a.origin, err = cachefs.NewDirOrigin(cfg.OriginDir); err != nil {
+		a.cache.Close()
+		return nil, err
+	}
+	a.exec = runner.NewExec(runner.ExecConfig{Logger: a.log})
+	a.devs = gpu.Detect(a.log, cfg.SimGPUs)
+	if err := a.buildSlots(); err != nil {
+		a.cache.Close()
+		a.devs.Close()
+		return nil, err
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if err := a.register(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	for _, sl := range a.slots {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); sl.loop(a.ctx) }()
+	}
+	a.wg.Add(2)
+	go func() { defer a.wg.Done(); a.heartbeatLoop() }()
+	go func() { defer a.wg.Done(); a.pollLoop() }()
+	return a, nil
+}
+
+// buildSlots reads the devices once and creates a slot pool per GPU.
+func (a *Agent) buildSlots() error {
+	devs, err := a.devs.Devices()
+	if err != nil {
+		return fmt.Errorf("agent: read GPUs (%s): %w", a.devs.Kind(), err)
+	}
+	if len(devs) == 0 {
+		return errors.New("agent: no GPUs found; configure a simulated inventory to run without one")
+	}
+	for _, d := range devs {
+		g := d.ToProto(a.cfg.ReserveBytes, a.cfg.SlotBytes)
+		if a.cfg.MaxSlotsPerGPU > 0 && g.Slots > a.cfg.MaxSlotsPerGPU {
+			g.Slots = a.cfg.MaxSlotsPerGPU
+		}
+		if g.Slots == 0 {
+			return fmt.Errorf("agent: GPU %d (%s) has %d bytes after the %d-byte reserve, less than one %d-byte slot",
+				d.Index, d.Name, d.MemoryTotal-min(d.MemoryTotal, a.cfg.ReserveBytes), a.cfg.ReserveBytes, a.cfg.SlotBytes)
+		}
+		pool, err := gpu.NewSlotPool(d.Index, a.cfg.ReserveBytes+uint64(g.Slots)*a.cfg.SlotBytes, a.cfg.ReserveBytes, a.cfg.SlotBytes)
+		if err != nil {
+			return err
+		}
+		a.gpus = append(a.gpus, g)
+		a.pools = append(a.pools, pool)
+		for i := 0; i < g.Slots; i++ {
+			a.slots = append(a.slots, newSlot(a, d.Index, i, int64(a.cfg.SlotBytes)))
+		}
+	}
+	a.log.Info("GPU inventory", "kind", a.devs.Kind(), "gpus", len(a.gpus), "slots", len(a.slots), "slot_bytes", a.cfg.SlotBytes)
+	return nil
+}
+
+func (a *Agent) hostRecord() proto.Host {
+	return proto.Host{
+		ID: a.cfg.HostID, Addr: a.cfg.Addr, DeviceKind: a.devs.Kind(), GPUs: a.gpus,
+		Labels: a.cfg.Labels, Bandwidth: a.cfg.Bandwidth, Version: Version,
+	}
+}
+
+// register retries until the coordinator records this host or ctx ends.
+func (a *Agent) register(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := a.api.Register(ctx, a.hostRecord())
+		if err == nil {
+			a.log.Info("registered", "coordinator", a.api.Base())
+			return nil
+		}
+		var ae *client.Error
+		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 {
+			return fmt.Errorf("agent: coordinator refused registration: %w", err)
+		}
+		a.log.Warn("registration failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("agent: register with %s: %w (last error: %v)", a.api.Base(), ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// Heartbeat builds the host's live state.
+func (a *Agent) Heartbeat() proto.Heartbeat {
+	b := proto.Heartbeat{HostID: a.cfg.HostID, Time: time.Now().UTC(), Slots: make([]proto.SlotState, 0, len(a.slots))}
+	for _, sl := range a.slots {
+		b.Slots = append(b.Slots, sl.state())
+	}
+	for _, bi := range a.cache.List() {
+		b.Cache = append(b.Cache, proto.CachedBlob{Digest: bi.Digest, Size: bi.Size, Tier: proto.TierDisk})
+	}
+	return b
+}
+
+func (a *Agent) heartbeatLoop() {
+	t := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		a.sendHeartbeat()
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) sendHeartbeat() {
+	ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
+	defer cancel()
+	err := a.api.Heartbeat(ctx, a.Heartbeat())
+	if client.IsCode(err, "host_not_registered") {
+		// A coordinator that lost or never had our registration (a fresh
+		// cluster) learns it again.
+		if err = a.register(ctx); err == nil {
+			err = a.api.Heartbeat(ctx, a.Heartbeat())
+		}
+	}
+	if err != nil && a.ctx.Err() == nil {
+		a.log.Warn("heartbeat failed", "err", err)
+	}
+}
+
+// poke sends a heartbeat now, so the scheduler sees a slot's new residency
+// before it places the next job.
+func (a *Agent) poke() {
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.sendHeartbeat() }()
+}
+
+// Close stops taking work, cancels running jobs, stops workers and releases
+// the cache.
+func (a *Agent) Close() error {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.wg.Wait()
+	var errs []error
+	for _, sl := range a.slots {
+		errs = append(errs, sl.close())
+	}
+	errs = append(errs, a.cache.Close(), a.devs.Close())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// Config holds what an agent needs. Build one with DefaultConfig.
+type Config struct {
+	// HostID names this host to the coordinator; stable across restarts.
+	HostID string
+	// Addr is where peers and operators reach this agent (its blob server
+	// and metrics, default :7710); reported at registration.
+	Addr string
+	// CoordinatorURL is the API of any coordinator node.
+	CoordinatorURL string
+	// DataDir holds the blob cache (cache/), job outputs (results/) and
+	// per-job scratch (work/).
+	DataDir string
+	// OriginDir is the local origin: catalog entries' origin keys are paths
+	// below it. (The S3 origin is its own change.)
+	OriginDir string
+	// CacheMaxBytes bounds the disk cache; 0 means unlimited.
+	CacheMaxBytes int64
+
+	// SimGPUs is the inventory used when NVML is unavailable.
+	SimGPUs []gpu.SimGPU
+	// SlotBytes is the size of one VRAM slot; ReserveBytes is held back on
+	// every GPU. MaxSlotsPerGPU, if set, caps slots per GPU.
+	SlotBytes      uint64
+	ReserveBytes   uint64
+	MaxSlotsPerGPU int
+
+	// WorkerCommand is the argv of the long-lived worker started per slot
+	// for workflow and worker jobs; WorkerEnv is added to its environment.
+	// The default runs this binary's reference worker.
+	WorkerCommand []string
+	WorkerEnv     []string
+
+	// HeartbeatInterval is how often live state is sent (default 2 s).
+	HeartbeatInterval time.Duration
+	// PollWait is the long-poll duration for assignments (default 30 s).
+	PollWait time.Duration
+	// Bandwidth is bytes/s per tier reported to the scheduler; missing tiers
+	// use the coordinator's defaults.
+	Bandwidth map[proto.Tier]float64
+	Labels    map[string]string
+
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a config for a dev host on the default ports.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		HostID:            host,
+		Addr:              "127.0.0.1:7710",
+		CoordinatorURL:    "http://127.0.0.1:7700",
+		SlotBytes:         24 << 30,
+		ReserveBytes:      2 << 30,
+		HeartbeatInterval: 2 * time.Second,
+		PollWait:          30 * time.Second,
+	}
+}
+
+// ValidateConfig reports every problem with c.
+func ValidateConfig(c *Config) error {
+	var errs []error
+	if c.HostID == "" {
+		errs = append(errs, errors.New("agent: config: host_id must be set"))
+	} else if err := proto.ValidateModelName(c.HostID); err != nil || len(c.HostID) > 128 {
+		errs = append(errs, fmt.Errorf("agent: config: host_id %q must be a short name without '/' tricks", c.HostID))
+	}
+	if c.CoordinatorURL == "" {
+		errs = append(errs, errors.New("agent: config: coordinator_url must be set"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("agent: config: data_dir must be set"))
+	}
+	if c.OriginDir == "" {
+		errs = append(errs, errors.New("agent: config: origin_dir must be set"))
+	}
+	if c.SlotBytes == 0 {
+		errs = append(errs, errors.New("agent: config: slot_bytes must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) fillDefaults() error {
+	d := DefaultConfig()
+	if c.SlotBytes == 0 {
+		c.SlotBytes = d.SlotBytes
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = d.HeartbeatInterval
+	}
+	if c.PollWait == 0 {
+		c.PollWait = d.PollWait
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if len(c.WorkerCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("agent: find own executable for the reference worker: %w", err)
+		}
+		c.WorkerCommand = []string{exe, "refworker"}
+	}
+	return nil
+}
+
+func (c *Config) cacheDir() string   { return filepath.Join(c.DataDir, "cache") }
+func (c *Config) resultsDir() string { return filepath.Join(c.DataDir, "results") }
+func (c *Config) workDir() string    { return filepath.Join(c.DataDir, "work") }

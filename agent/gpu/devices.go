@@ -1,0 +1,58 @@
+package gpu
+
+import (
+	"errors"
+
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// Kinds reported by Devices.Kind.
+const (
+	KindNVML      = "nvml"
+	KindSimulated = "simulated"
+)
+
+// ErrClosed is returned by Devices after Close.
+var ErrClosed = errors.New("gpu: devices closed")
+
+// Device is one reading of one GPU. Memory figures are bytes.
+type Device struct {
+	Index          int
+	UUID           string
+	Name           string
+	MemoryTotal    uint64
+	MemoryUsed     uint64
+	MemoryFree     uint64
+	UtilizationPct int
+	TemperatureC   int
+}
+
+// Devices is a source of GPU readings: NVML on a real host, a configured
+// inventory elsewhere. Implementations are safe for concurrent use.
+type Devices interface {
+	// Kind is KindNVML or KindSimulated.
+	Kind() string
+	// Devices returns a fresh reading of every device, ordered by index.
+	Devices() ([]Device, error)
+	// Close releases the underlying library; later calls return ErrClosed.
+	Close() error
+}
+
+// ToProto describes d for the wire, with its memory carved into slots the
+// same way NewSlotPool would carve it (zero slots where a pool could not be
+// built).
+func (d Device) ToProto(reserve, slotBytes uint64) proto.GPU {
+	n, err := slotCount(d.MemoryTotal, reserve, slotBytes)
+	if err != nil {
+		n = 0
+	}
+	return proto.GPU{
+		Index:          d.Index,
+		UUID:           d.UUID,
+		Name:           d.Name,
+		MemoryTotal:    d.MemoryTotal,
+		MemoryReserved: reserve,
+		SlotBytes:      slotBytes,
+		Slots:          n,
+	}
+}

@@ -1,0 +1,172 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hearth-gpu/hearth/agent/runner"
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// execute runs one assignment to its end and reports each transition. If
+// the coordinator refuses a report (the job was placed elsewhere), it stops
+// at once and reports nothing more.
+func (a *Agent) execute(j *jobRun, sl *slot) {
+	as := j.assignment
+	log := a.log.With("job", as.JobID, "gpu", sl.gpu, "slot", sl.index)
+	ctx := j.ctx
+	if ctx.Err() != nil {
+		return // withdrawn while queued
+	}
+	fail := func(stage string, err error) {
+		if ctx.Err() != nil && a.ctx.Err() == nil {
+			log.Info("job stopped", "stage", stage)
+			return // withdrawn: the coordinator already moved on
+		}
+		if a.ctx.Err() != nil {
+			return // shutting down; the coordinator requeues
+		}
+		log.Warn("job failed", "stage", stage, "err", err)
+		a.report(as, proto.JobReport{State: proto.JobFailed, Error: fmt.Sprintf("%s: %v", stage, err)})
+	}
+
+	start := time.Now()
+	if !a.report(as, proto.JobReport{State: proto.JobFetching}) {
+		return
+	}
+	models := make([]runner.Model, 0, len(as.Models))
+	for _, m := range as.Models {
+		path, fetched, err := a.cache.Fetch(ctx, m.Digest, a.origin, m.Origin)
+		if err != nil {
+			fail("fetch "+m.Name, err)
+			return
+		}
+		unpin, err := a.cache.Pin(m.Digest)
+		if err != nil {
+			fail("pin "+m.Name, err)
+			return
+		}
+		defer unpin()
+		log.Debug("model in cache", "model", m.Name, "fetched_from_origin", fetched)
+		models = append(models, runner.Model{Name: m.Name, Digest: m.Digest, Size: m.Size, Path: path})
+	}
+
+	if !a.report(as, proto.JobReport{State: proto.JobLoading}) {
+		return
+	}
+	kind := as.Spec.Kind()
+	r, err := sl.runnerFor(kind)
+	if err != nil {
+		fail("start worker", err)
+		return
+	}
+	if _, err := r.Load(ctx, models); err != nil {
+		fail("load models", err)
+		return
+	}
+	loadS := time.Since(start).Seconds()
+	a.poke() // the slot's residency changed: let the scheduler see it
+
+	if !a.report(as, proto.JobReport{State: proto.JobRunning, LoadS: loadS}) {
+		return
+	}
+	outDir := filepath.Join(a.cfg.workDir(), fmt.Sprintf("%s-%d", as.JobID, as.Epoch))
+	if err := os.MkdirAll(outDir, 0o750); err != nil {
+		fail("prepare output dir", err)
+		return
+	}
+	defer os.RemoveAll(outDir)
+	req := runner.Request{JobID: as.JobID, Kind: kind, Models: models, OutputDir: outDir, Exec: as.Spec.Exec}
+	switch kind {
+	case "workflow":
+		req.Input = as.Spec.Workflow
+	case "worker":
+		req.Input = as.Spec.Worker.Input
+	}
+	runStart := time.Now()
+	res, err := r.Run(ctx, req, a.progressReporter(as))
+	runS := time.Since(runStart).Seconds()
+	if err != nil {
+		fail("run", err)
+		return
+	}
+
+	if !a.report(as, proto.JobReport{State: proto.JobUploading, LoadS: loadS, RunS: runS}) {
+		return
+	}
+	outputs, err := a.storeOutputs(as.JobID, outDir, res.Outputs)
+	if err != nil {
+		fail("store outputs", err)
+		return
+	}
+	a.report(as, proto.JobReport{State: proto.JobSucceeded, LoadS: loadS, RunS: runS, Outputs: outputs})
+	log.Info("job succeeded", "load_s", fmt.Sprintf("%.3f", loadS), "run_s", fmt.Sprintf("%.3f", runS), "outputs", len(outputs))
+}
+
+// progressReporter forwards worker progress to the coordinator at most once
+// a second, and never blocks the worker: a slow coordinator drops updates,
+// not the run.
+func (a *Agent) progressReporter(as proto.Assignment) func(proto.Progress) {
+	var mu sync.Mutex
+	var last time.Time
+	return func(p proto.Progress) {
+		mu.Lock()
+		if time.Since(last) < time.Second {
+			mu.Unlock()
+			return
+		}
+		last = time.Now()
+		mu.Unlock()
+		go a.report(as, proto.JobReport{State: proto.JobRunning, Progress: &p})
+	}
+}
+
+// storeOutputs moves the job's outputs into the results directory and
+// describes them with their digests. (Uploading to a results bucket with
+// presigned URLs is the object-store change's.)
+func (a *Agent) storeOutputs(jobID, outDir string, names []string) ([]proto.Output, error) {
+	dst := filepath.Join(a.cfg.resultsDir(), jobID)
+	if err := os.MkdirAll(dst, 0o750); err != nil {
+		return nil, err
+	}
+	var out []proto.Output
+	for _, name := range names {
+		if err := proto.ValidateModelName(name); err != nil {
+			return nil, fmt.Errorf("output name %v", err)
+		}
+		to := filepath.Join(dst, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(to), 0o750); err != nil {
+			return nil, err
+		}
+		if err := os.Rename(filepath.Join(outDir, filepath.FromSlash(name)), to); err != nil {
+			return nil, err
+		}
+		size, digest, err := hashFile(to)
+		if err != nil {
+			return nil, err
+		}
+		u := url.URL{Scheme: "file", Path: to}
+		out = append(out, proto.Output{Name: name, Size: size, Digest: digest, URL: u.String()})
+	}
+	return out, nil
+}
+
+func hashFile(path string) (int64, proto.Digest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, "", err
+	}
+	return n, proto.DigestFromSum(h.Sum(nil)), nil
+}

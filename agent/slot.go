@@ -1,0 +1,153 @@
+package agent
+
+import (
+	"context"
+	"slices"
+	"sync"
+
+	"github.com/hearth-gpu/hearth/agent/runner"
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// slot runs one slot's assignments one at a time, in epoch order, and owns
+// the slot's long-lived worker (started on first use).
+type slot struct {
+	a        *Agent
+	gpu      int
+	index    int
+	capacity int64
+
+	mu      sync.Mutex
+	queue   []*jobRun
+	running *jobRun
+	worker  *runner.Worker
+	wake    chan struct{}
+}
+
+func newSlot(a *Agent, gpu, index int, capacity int64) *slot {
+	return &slot{a: a, gpu: gpu, index: index, capacity: capacity, wake: make(chan struct{}, 1)}
+}
+
+func (s *slot) enqueue(j *jobRun) {
+	s.mu.Lock()
+	s.queue = append(s.queue, j)
+	slices.SortFunc(s.queue, func(x, y *jobRun) int { return compareUint(x.assignment.Epoch, y.assignment.Epoch) })
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// remove drops a queued (not yet running) job.
+func (s *slot) remove(j *jobRun) {
+	s.mu.Lock()
+	s.queue = slices.DeleteFunc(s.queue, func(x *jobRun) bool { return x == j })
+	s.mu.Unlock()
+}
+
+func (s *slot) loop(ctx context.Context) {
+	for {
+		s.mu.Lock()
+		var next *jobRun
+		if len(s.queue) > 0 {
+			next, s.queue = s.queue[0], s.queue[1:]
+			s.running = next
+		}
+		s.mu.Unlock()
+		if next == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.wake:
+				continue
+			}
+		}
+		s.a.execute(next, s)
+		s.mu.Lock()
+		s.running = nil
+		s.mu.Unlock()
+		s.a.forget(next)
+		s.a.poke()
+	}
+}
+
+// runnerFor returns the runner for a job kind, starting the slot's worker
+// the first time one is needed.
+func (s *slot) runnerFor(kind string) (runner.Runner, error) {
+	if kind == "exec" {
+		return s.a.exec, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.worker != nil {
+		return s.worker, nil
+	}
+	if err := s.a.pools[s.poolIndex()].AcquireAt(s.index, 1, "worker"); err != nil {
+		return nil, err
+	}
+	env := append([]string{
+		"CUDA_VISIBLE_DEVICES=" + itoa(s.gpu),
+		"HEARTH_SLOT=" + itoa(s.gpu) + "/" + itoa(s.index),
+	}, s.a.cfg.WorkerEnv...)
+	w, err := runner.NewWorker(runner.WorkerConfig{
+		Command: s.a.cfg.WorkerCommand, Env: env, CapacityBytes: s.capacity,
+		Logger: s.a.log.With("gpu", s.gpu, "slot", s.index),
+	})
+	if err != nil {
+		_ = s.a.pools[s.poolIndex()].Release(s.index)
+		return nil, err
+	}
+	s.worker = w
+	return w, nil
+}
+
+func (s *slot) poolIndex() int {
+	for i, g := range s.a.gpus {
+		if g.Index == s.gpu {
+			return i
+		}
+	}
+	return 0
+}
+
+// state is the slot's part of a heartbeat.
+func (s *slot) state() proto.SlotState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := proto.SlotState{GPU: s.gpu, Slot: s.index}
+	if s.worker != nil {
+		for _, m := range s.worker.Resident() {
+			st.Resident = append(st.Resident, m.Digest)
+		}
+		slices.Sort(st.Resident)
+	}
+	if s.running != nil {
+		st.Running = s.running.assignment.JobID
+	}
+	for _, j := range s.queue {
+		st.Queued = append(st.Queued, j.assignment.JobID)
+	}
+	return st
+}
+
+func (s *slot) close() error {
+	s.mu.Lock()
+	w := s.worker
+	s.worker = nil
+	s.mu.Unlock()
+	if w == nil {
+		return nil
+	}
+	return w.Close()
+}
+
+func compareUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,222 @@
+// Package client is the Go client of the coordinator's HTTP API, used by the
+// agent, the CLI and the tests. Like proto it imports only the standard
+// library (and proto), so the agent talks to the coordinator without
+// importing any of its code.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// Client talks to one coordinator's API.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client for the API at base (e.g. "http://127.0.0.1:7700").
+// A nil hc uses a client without an overall timeout, since long-polls and
+// ?wait calls run long; pass contexts to bound calls.
+func New(base string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}}
+	}
+	return &Client{base: strings.TrimSuffix(base, "/"), http: hc}
+}
+
+// Base returns the API's base URL.
+func (c *Client) Base() string { return c.base }
+
+// Error is an API error answer.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+	Field   string
+}
+
+func (e *Error) Error() string {
+	s := fmt.Sprintf("client: %d %s: %s", e.Status, e.Code, e.Message)
+	if e.Field != "" {
+		s += " (field " + e.Field + ")"
+	}
+	return s
+}
+
+// IsCode reports whether err is an API error with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Do sends method path with body (JSON-encoded unless it is []byte or nil)
+// and decodes a 2xx answer into out (if non-nil). It returns the status.
+func (c *Client) Do(ctx context.Context, method, path string, body, out any) (int, error) {
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		buf, err := json.Marshal(b)
+		if err != nil {
+			return 0, fmt.Errorf("client: encode %s %s: %w", method, path, err)
+		}
+		rd = bytes.NewReader(buf)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return 0, fmt.Errorf("client: %s %s: %w", method, path, err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("client: %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, fmt.Errorf("client: read %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var ae proto.APIError
+		if json.Unmarshal(data, &ae) == nil && ae.Error.Code != "" {
+			return resp.StatusCode, &Error{Status: resp.StatusCode, Code: ae.Error.Code, Message: ae.Error.Message, Field: ae.Error.Field}
+		}
+		return resp.StatusCode, &Error{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(data))}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("client: decode %s %s: %w", method, path, err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// SubmitJob submits a spec and returns the accepted job.
+func (c *Client) SubmitJob(ctx context.Context, spec *proto.JobSpec) (*proto.Job, error) {
+	var j proto.Job
+	_, err := c.Do(ctx, http.MethodPost, "/v1/jobs", spec, &j)
+	return &j, err
+}
+
+// SubmitRaw submits a raw JSON body, for clients that pass a file through.
+func (c *Client) SubmitRaw(ctx context.Context, body []byte) (*proto.Job, error) {
+	var j proto.Job
+	_, err := c.Do(ctx, http.MethodPost, "/v1/jobs", body, &j)
+	return &j, err
+}
+
+// Job fetches one job.
+func (c *Client) Job(ctx context.Context, id string) (*proto.Job, error) {
+	var j proto.Job
+	_, err := c.Do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id), nil, &j)
+	return &j, err
+}
+
+// JobList is one page of GET /v1/jobs.
+type JobList struct {
+	Jobs []*proto.Job `json:"jobs"`
+	Next string       `json:"next,omitempty"`
+}
+
+// Jobs lists jobs; query holds filters such as state, host, model, limit, after.
+func (c *Client) Jobs(ctx context.Context, query url.Values) (*JobList, error) {
+	var l JobList
+	p := "/v1/jobs"
+	if len(query) > 0 {
+		p += "?" + query.Encode()
+	}
+	_, err := c.Do(ctx, http.MethodGet, p, nil, &l)
+	return &l, err
+}
+
+// WaitJob polls a job until it reaches a terminal state or ctx ends.
+func (c *Client) WaitJob(ctx context.Context, id string, every time.Duration) (*proto.Job, error) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		j, err := c.Job(ctx, id)
+		if err == nil && j.State.Terminal() {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = ctx.Err()
+			}
+			return j, fmt.Errorf("client: wait for job %s: %w", id, err)
+		case <-t.C:
+		}
+	}
+}
+
+// PutModel registers or replaces a catalog entry.
+func (c *Client) PutModel(ctx context.Context, m proto.Model) (*proto.Model, error) {
+	var out proto.Model
+	body := map[string]any{"digest": m.Digest, "size": m.Size}
+	if m.Origin != "" {
+		body["origin"] = m.Origin
+	}
+	_, err := c.Do(ctx, http.MethodPut, "/v1/models/"+m.Name, body, &out)
+	return &out, err
+}
+
+// Models lists the catalog.
+func (c *Client) Models(ctx context.Context) ([]proto.Model, error) {
+	var out struct {
+		Models []proto.Model `json:"models"`
+	}
+	_, err := c.Do(ctx, http.MethodGet, "/v1/models", nil, &out)
+	return out.Models, err
+}
+
+// Hosts lists registered hosts with their live state.
+func (c *Client) Hosts(ctx context.Context) ([]proto.HostView, error) {
+	var out struct {
+		Hosts []proto.HostView `json:"hosts"`
+	}
+	_, err := c.Do(ctx, http.MethodGet, "/v1/hosts", nil, &out)
+	return out.Hosts, err
+}
+
+// Register records the agent's host.
+func (c *Client) Register(ctx context.Context, h proto.Host) error {
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/register", proto.Registration{Proto: proto.Version, Host: h}, nil)
+	return err
+}
+
+// Heartbeat sends the agent's live state.
+func (c *Client) Heartbeat(ctx context.Context, b proto.Heartbeat) error {
+	b.Proto = proto.Version
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/heartbeat", b, nil)
+	return err
+}
+
+// Assignments long-polls for host's assignments after index.
+func (c *Client) Assignments(ctx context.Context, host string, index uint64, wait time.Duration) (*proto.Assignments, error) {
+	var out proto.Assignments
+	q := url.Values{"host": {host}, "index": {strconv.FormatUint(index, 10)}, "wait": {wait.String()}}
+	_, err := c.Do(ctx, http.MethodGet, "/v1/agent/assignments?"+q.Encode(), nil, &out)
+	return &out, err
+}
+
+// Report sends a job transition.
+func (c *Client) Report(ctx context.Context, r proto.JobReport) error {
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/report", r, nil)
+	return err
+}

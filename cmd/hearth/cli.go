@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hearth-gpu/hearth/client"
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+func defaultAddr() string {
+	if a := os.Getenv("HEARTH_ADDR"); a != "" {
+		return a
+	}
+	return "http://127.0.0.1:7700"
+}
+
+func runJob(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usagef("job needs a subcommand: submit, get or ls")
+	}
+	fs := newFlags("job "+args[0], stderr)
+	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
+	wait := fs.Bool("wait", false, "submit: wait for the job to finish and print it")
+	timeout := fs.Duration("timeout", 10*time.Minute, "submit --wait: give up after this long")
+	state := fs.String("state", "", "ls: only jobs in this state")
+	limit := fs.Int("limit", 50, "ls: at most this many jobs")
+	sub, rest := args[0], args[1:]
+	// Accept flags before or after the positional argument.
+	var pos []string
+	for len(rest) > 0 {
+		if err := parseFlags(fs, rest); err != nil {
+			return err
+		}
+		rest = fs.Args()
+		if len(rest) > 0 {
+			pos, rest = append(pos, rest[0]), rest[1:]
+		}
+	}
+	api := client.New(*addr, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout+30*time.Second)
+	defer cancel()
+	switch sub {
+	case "submit":
+		if len(pos) != 1 {
+			return usagef("job submit needs one FILE (a ComfyUI API-format workflow or a job spec)")
+		}
+		body, err := readSpecFile(pos[0])
+		if err != nil {
+			return err
+		}
+		j, err := api.SubmitRaw(ctx, body)
+		if err != nil {
+			return err
+		}
+		if *wait {
+			wctx, wcancel := context.WithTimeout(ctx, *timeout)
+			defer wcancel()
+			if j, err = api.WaitJob(wctx, j.ID, 200*time.Millisecond); err != nil {
+				return err
+			}
+		}
+		return printJSON(stdout, j)
+	case "get":
+		if len(pos) != 1 {
+			return usagef("job get needs one job ID")
+		}
+		j, err := api.Job(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, j)
+	case "ls":
+		q := url.Values{"limit": {fmt.Sprint(*limit)}}
+		if *state != "" {
+			q.Set("state", *state)
+		}
+		l, err := api.Jobs(ctx, q)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATE\tPLACEMENT\tTIERS\tLOAD_S\tRUN_S\tSUBMITTED")
+		for _, j := range l.Jobs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.3f\t%.3f\t%s\n", j.ID, j.State, placementString(j.Placement), tiersString(j.Placement),
+				j.LoadS, j.RunS, j.SubmittedAt.Format(time.RFC3339))
+		}
+		return tw.Flush()
+	}
+	return usagef("unknown job subcommand %q; use submit, get or ls", sub)
+}
+
+// readSpecFile reads a job spec, or wraps a bare ComfyUI API-format prompt
+// as {"workflow": ...}, so files exported from ComfyUI submit as they are.
+func readSpecFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usagef("cannot read %s: %v", path, err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		return nil, usagef("%s is not a JSON object: %v", path, err)
+	}
+	for _, k := range []string{"workflow", "worker", "exec"} {
+		if _, ok := top[k]; ok {
+			return b, nil
+		}
+	}
+	return json.Marshal(map[string]json.RawMessage{"workflow": b})
+}
+
+func runModel(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "ls" {
+		return usagef("model needs a subcommand: ls")
+	}
+	fs := newFlags("model ls", stderr)
+	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	api := client.New(*addr, nil)
+	models, err := api.Models(ctx)
+	if err != nil {
+		return err
+	}
+	hosts, err := api.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSIZE\tDIGEST\tHOSTS")
+	for _, m := range models {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, humanBytes(m.Size), m.Digest.Short(), holders(m.Digest, hosts))
+	}
+	return tw.Flush()
+}
+
+// holders lists which hosts hold a digest and in which tier.
+func holders(d proto.Digest, hosts []proto.HostView) string {
+	var out []string
+	for _, h := range hosts {
+		tier := ""
+		for _, b := range h.Cache {
+			if b.Digest == d {
+				tier = string(b.Tier)
+			}
+		}
+		for _, s := range h.Slots {
+			for _, r := range s.Resident {
+				if r == d {
+					tier = fmt.Sprintf("vram(gpu%d/slot%d)", s.GPU, s.Slot)
+				}
+			}
+		}
+		if tier != "" {
+			out = append(out, h.ID+":"+tier)
+		}
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, " ")
+}
+
+func runHost(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "ls" {
+		return usagef("host needs a subcommand: ls")
+	}
+	fs := newFlags("host ls", stderr)
+	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hosts, err := client.New(*addr, nil).Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tDEVICES\tGPUS\tSLOTS\tBUSY\tRESIDENT\tCACHED\tLAST_HEARTBEAT")
+	for _, h := range hosts {
+		slots, busy, resident := 0, 0, 0
+		for _, g := range h.GPUs {
+			slots += g.Slots
+		}
+		for _, s := range h.Slots {
+			if s.Running != "" {
+				busy++
+			}
+			resident += len(s.Resident)
+		}
+		last := "never"
+		if h.LastHeartbeat != nil {
+			last = time.Since(*h.LastHeartbeat).Round(100*time.Millisecond).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", h.ID, h.Status, h.DeviceKind, len(h.GPUs), slots, busy, resident, len(h.Cache), last)
+	}
+	return tw.Flush()
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func placementString(p *proto.Placement) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%s/gpu%d/slot%d", p.Host, p.GPU, p.Slot)
+}
+
+func tiersString(p *proto.Placement) string {
+	if p == nil || len(p.Models) == 0 {
+		return "-"
+	}
+	parts := make([]string, 0, len(p.Models))
+	for _, m := range p.Models {
+		name := m.Name
+		if i := strings.LastIndexByte(name, '/'); i >= 0 {
+			name = name[i+1:]
+		}
+		parts = append(parts, name+"="+string(m.Tier))
+	}
+	return strings.Join(parts, " ")
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

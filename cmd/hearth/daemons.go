@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hearth-gpu/hearth/agent"
+	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/coordinator"
+)
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func runCoordinator(args []string, stderr io.Writer) error {
+	cfg := coordinator.DefaultConfig()
+	fs := newFlags("coordinator", stderr)
+	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "this node's Raft id (stable across restarts)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP API listen address")
+	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "Raft listen and advertise address")
+	fs.BoolVar(&cfg.Bootstrap, "bootstrap", false, "form a new single-voter cluster if the data dir is empty")
+	maxBody := fs.String("max-body", "16MiB", "largest request body accepted")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if cfg.DataDir == "" {
+		return usagef("coordinator needs --data-dir")
+	}
+	n, err := parseBytes(*maxBody)
+	if err != nil {
+		return usagef("--max-body: %v", err)
+	}
+	cfg.MaxBodyBytes = int(n)
+	if cfg.Logger, err = newLogger(stderr, *logLevel); err != nil {
+		return err
+	}
+	srv, err := coordinator.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	<-ctx.Done()
+	cfg.Logger.Info("shutting down")
+	return srv.Close()
+}
+
+func runAgent(args []string, stderr io.Writer) error {
+	cfg := agent.DefaultConfig()
+	fs := newFlags("agent", stderr)
+	fs.StringVar(&cfg.HostID, "host-id", cfg.HostID, "this host's id (default: the hostname)")
+	fs.StringVar(&cfg.CoordinatorURL, "coordinator", cfg.CoordinatorURL, "URL of any coordinator node")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the blob cache and job outputs (required)")
+	fs.StringVar(&cfg.OriginDir, "origin-dir", "", "local origin directory holding model files (required)")
+	sim := fs.String("sim-gpus", "Simulated H200:141GiB", "inventory used when NVML is unavailable: NAME:SIZE[,NAME:SIZE...]")
+	slot := fs.String("slot-size", "24GiB", "VRAM slot size")
+	reserve := fs.String("reserve", "2GiB", "VRAM held back on every GPU")
+	cacheMax := fs.String("cache-max", "0", "disk cache budget (0: unlimited)")
+	fs.IntVar(&cfg.MaxSlotsPerGPU, "max-slots", 0, "cap on slots per GPU (0: as many as fit)")
+	worker := fs.String("worker", "", "worker command line (default: the built-in reference worker)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if cfg.DataDir == "" || cfg.OriginDir == "" {
+		return usagef("agent needs --data-dir and --origin-dir")
+	}
+	var err error
+	if cfg.SimGPUs, err = parseSimGPUs(*sim); err != nil {
+		return usagef("--sim-gpus: %v", err)
+	}
+	if cfg.SlotBytes, err = parseBytes(*slot); err != nil {
+		return usagef("--slot-size: %v", err)
+	}
+	if cfg.ReserveBytes, err = parseBytes(*reserve); err != nil {
+		return usagef("--reserve: %v", err)
+	}
+	cm, err := parseBytes(*cacheMax)
+	if err != nil {
+		return usagef("--cache-max: %v", err)
+	}
+	cfg.CacheMaxBytes = int64(cm)
+	if *worker != "" {
+		cfg.WorkerCommand = strings.Fields(*worker)
+	}
+	if cfg.Logger, err = newLogger(stderr, *logLevel); err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	a, err := agent.New(startCtx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	cfg.Logger.Info("shutting down")
+	return a.Close()
+}
+
+// parseBytes reads sizes like 512, 16MiB, 24GiB, 1.5GB.
+func parseBytes(s string) (uint64, error) {
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
+	mult := 1.0
+	num := strings.TrimSpace(s)
+	for _, u := range units {
+		if strings.HasSuffix(num, u.suffix) {
+			mult, num = u.mult, strings.TrimSpace(strings.TrimSuffix(num, u.suffix))
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 || f*mult > 1<<60 {
+		return 0, fmt.Errorf("%q is not a size like 512MiB or 24GiB", s)
+	}
+	return uint64(f * mult), nil
+}
+
+func parseSimGPUs(s string) ([]gpu.SimGPU, error) {
+	var out []gpu.SimGPU
+	for _, part := range strings.Split(s, ",") {
+		name, size, ok := strings.Cut(strings.TrimSpace(part), ":")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("%q must look like NAME:SIZE, e.g. H200:141GiB", part)
+		}
+		n, err := parseBytes(size)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, gpu.SimGPU{Name: name, MemoryBytes: n})
+	}
+	return out, nil
+}

@@ -1,0 +1,60 @@
+package coordinator
+
+import (
+	"sync"
+	"time"
+
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// liveHosts is the leader's in-memory view of each host's last heartbeat.
+// It is deliberately not replicated: it changes every few seconds and a new
+// leader rebuilds it from the next round of heartbeats.
+type liveHosts struct {
+	now  func() time.Time
+	mu   sync.Mutex
+	last map[string]liveHost
+}
+
+type liveHost struct {
+	beat proto.Heartbeat
+	at   time.Time
+}
+
+func newLiveHosts(now func() time.Time) *liveHosts {
+	return &liveHosts{now: now, last: make(map[string]liveHost)}
+}
+
+func (h *liveHosts) record(b proto.Heartbeat) {
+	h.mu.Lock()
+	h.last[b.HostID] = liveHost{beat: b, at: h.now()}
+	h.mu.Unlock()
+}
+
+// get returns the host's last heartbeat and whether it is within grace.
+func (h *liveHosts) get(id string, grace time.Duration) (proto.Heartbeat, time.Time, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l, ok := h.last[id]
+	if !ok {
+		return proto.Heartbeat{}, time.Time{}, false
+	}
+	return l.beat, l.at, h.now().Sub(l.at) <= grace
+}
+
+// view combines a registration with its live state for the API.
+func (s *Server) hostView(h *proto.Host) proto.HostView {
+	v := proto.HostView{Host: *h, Status: proto.HostDown, Slots: []proto.SlotState{}, Cache: []proto.CachedBlob{}}
+	beat, at, alive := s.hosts.get(h.ID, s.cfg.HeartbeatGrace)
+	if !at.IsZero() {
+		v.LastHeartbeat = &at
+		v.Slots, v.Cache = beat.Slots, beat.Cache
+	}
+	switch {
+	case alive && beat.Draining:
+		v.Status = proto.HostDraining
+	case alive:
+		v.Status = proto.HostReady
+	}
+	return v
+}

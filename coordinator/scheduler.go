@@ -1,0 +1,285 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// scheduler places queued jobs. It runs only on the leader (see
+// runLeadership) and only proposes PlaceJob commands; the FSM decides
+// whether they hold, so a scheduler that lost leadership mid-pass cannot
+// corrupt anything: its proposals simply fail.
+//
+// v1 policy: each queued job, highest priority first and FIFO within a
+// priority, goes to the (host, GPU, slot) with the smallest estimated start
+// time, where
+//
+//	estimate = queue wait of the slot + Σ over models  size / bandwidth(tier)
+//
+// and a model's tier on a slot is vram if the slot's worker holds it (or a
+// job already queued on that slot will load it), else ram or disk if the
+// host's cache has it, else origin. The peer tier joins once agents can
+// fetch from each other.
+type scheduler struct {
+	s    *Server
+	wake chan struct{}
+
+	mu      sync.Mutex
+	avgRunS float64 // moving average of observed run times
+}
+
+func newScheduler(s *Server) *scheduler {
+	return &scheduler{s: s, wake: make(chan struct{}, 1), avgRunS: s.cfg.DefaultRunS}
+}
+
+// poke asks for a scheduling pass soon without blocking.
+func (sc *scheduler) poke() {
+	select {
+	case sc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// observe is the FSM's after-apply hook, called on every node.
+func (sc *scheduler) observe(cmd proto.Command, res any) {
+	j, _ := res.(*proto.Job)
+	switch c := cmd.(type) {
+	case *proto.SubmitJob, *proto.RegisterHost:
+		sc.poke()
+	case *proto.PlaceJob:
+		if j != nil && j.Placement != nil {
+			sc.s.metrics.observePlacement(j.Placement)
+		}
+	case *proto.ReportJob:
+		if c.Report.State.Terminal() {
+			sc.poke()
+		}
+		if j != nil && c.Report.State == proto.JobSucceeded && j.RunS > 0 {
+			sc.mu.Lock()
+			sc.avgRunS = 0.8*sc.avgRunS + 0.2*j.RunS
+			sc.mu.Unlock()
+		}
+	}
+}
+
+func (sc *scheduler) run(ctx context.Context) {
+	t := time.NewTicker(sc.s.cfg.SchedulerInterval)
+	defer t.Stop()
+	for {
+		sc.pass(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-sc.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// slotView is the scheduler's picture of one slot during a pass.
+type slotView struct {
+	host     *proto.Host
+	gpu      int
+	slot     int
+	capBytes int64
+	resident map[proto.Digest]bool // held by the worker, or will be after pending jobs
+	cache    map[proto.Digest]proto.Tier
+	pending  []*proto.Job // placed on this slot, not finished
+	order    int          // stable tie-break
+}
+
+// candidate is a scored slot for one job.
+type candidate struct {
+	sv        *slotView
+	waitS     float64
+	estimateS float64
+	models    []proto.ModelPlacement
+}
+
+func (sc *scheduler) pass(ctx context.Context) {
+	s := sc.s
+	active := s.fsm.ActiveJobs()
+	var queued []*proto.Job
+	for _, j := range active {
+		if j.State == proto.JobQueued {
+			queued = append(queued, j)
+		}
+	}
+	s.metrics.queueDepth.Set(float64(len(queued)))
+	if len(queued) == 0 {
+		return
+	}
+	slices.SortFunc(queued, func(a, b *proto.Job) int {
+		return cmp.Or(cmp.Compare(b.Spec.Priority, a.Spec.Priority), a.SubmittedAt.Compare(b.SubmittedAt), cmp.Compare(a.ID, b.ID))
+	})
+	slots := sc.slotViews(active)
+	if len(slots) == 0 {
+		return
+	}
+	now := s.cfg.Now()
+	for _, j := range queued {
+		if ctx.Err() != nil {
+			return
+		}
+		best, ok := sc.choose(j, slots, now)
+		if !ok {
+			continue // nothing fits now; stays queued
+		}
+		p := proto.Placement{
+			Host: best.sv.host.ID, GPU: best.sv.gpu, Slot: best.sv.slot,
+			Models: best.models, QueueWaitS: round3(best.waitS), EstimateS: round3(best.estimateS), PlacedAt: now,
+		}
+		res, err := s.propose(&proto.PlaceJob{JobID: j.ID, Placement: p})
+		if err != nil {
+			if errors.Is(err, ErrNotLeader) {
+				return
+			}
+			s.log.Warn("placement refused", "job", j.ID, "err", err)
+			continue
+		}
+		placed := res.(*proto.Job)
+		best.sv.pending = append(best.sv.pending, placed)
+		for _, m := range placed.Models {
+			best.sv.resident[m.Digest] = true
+		}
+		s.log.Debug("placed", "job", j.ID, "host", p.Host, "gpu", p.GPU, "slot", p.Slot, "estimate_s", p.EstimateS)
+	}
+}
+
+// slotViews builds the pass's slot list from registrations, heartbeats and
+// the active jobs. Hosts that are down or draining offer no slots.
+func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
+	s := sc.s
+	byKey := make(map[[3]any]*slotView)
+	var out []*slotView
+	for _, h := range s.fsm.Hosts() {
+		beat, _, alive := s.hosts.get(h.ID, s.cfg.HeartbeatGrace)
+		if !alive || beat.Draining {
+			continue
+		}
+		cache := make(map[proto.Digest]proto.Tier, len(beat.Cache))
+		for _, b := range beat.Cache {
+			if t, ok := cache[b.Digest]; !ok || tierRank(b.Tier) < tierRank(t) {
+				cache[b.Digest] = b.Tier
+			}
+		}
+		resident := make(map[[2]int][]proto.Digest)
+		for _, st := range beat.Slots {
+			resident[[2]int{st.GPU, st.Slot}] = st.Resident
+		}
+		for _, g := range h.GPUs {
+			for i := 0; i < g.Slots; i++ {
+				sv := &slotView{host: h, gpu: g.Index, slot: i, capBytes: int64(g.SlotBytes),
+					resident: make(map[proto.Digest]bool), cache: cache, order: len(out)}
+				for _, d := range resident[[2]int{g.Index, i}] {
+					sv.resident[d] = true
+				}
+				byKey[[3]any{h.ID, g.Index, i}] = sv
+				out = append(out, sv)
+			}
+		}
+	}
+	slices.SortFunc(active, func(a, b *proto.Job) int { return cmp.Compare(a.Index, b.Index) })
+	for _, j := range active {
+		if j.Placement == nil {
+			continue
+		}
+		if sv, ok := byKey[[3]any{j.Placement.Host, j.Placement.GPU, j.Placement.Slot}]; ok {
+			sv.pending = append(sv.pending, j)
+			for _, m := range j.Models {
+				sv.resident[m.Digest] = true
+			}
+		}
+	}
+	return out
+}
+
+func (sc *scheduler) choose(j *proto.Job, slots []*slotView, now time.Time) (candidate, bool) {
+	var need int64
+	for _, m := range j.Models {
+		need += m.Size
+	}
+	var best candidate
+	found := false
+	for _, sv := range slots {
+		if sv.capBytes > 0 && need > sv.capBytes {
+			continue
+		}
+		c := sc.score(j, sv, now)
+		if !found || c.estimateS < best.estimateS ||
+			c.estimateS == best.estimateS && (len(sv.pending) < len(best.sv.pending) ||
+				len(sv.pending) == len(best.sv.pending) && sv.order < best.sv.order) {
+			best, found = c, true
+		}
+	}
+	return best, found
+}
+
+func (sc *scheduler) score(j *proto.Job, sv *slotView, now time.Time) candidate {
+	sc.mu.Lock()
+	avgRun := sc.avgRunS
+	sc.mu.Unlock()
+	c := candidate{sv: sv}
+	for _, p := range sv.pending {
+		switch {
+		case p.State == proto.JobRunning || p.State == proto.JobUploading:
+			elapsed := 0.0
+			if p.StartedAt != nil {
+				elapsed = now.Sub(*p.StartedAt).Seconds()
+			}
+			c.waitS += math.Max(0, avgRun-elapsed)
+		default:
+			load := 0.0
+			if p.Placement != nil {
+				load = p.Placement.EstimateS - p.Placement.QueueWaitS
+			}
+			c.waitS += load + avgRun
+		}
+	}
+	c.estimateS = c.waitS
+	for _, m := range j.Models {
+		tier := proto.TierOrigin
+		switch {
+		case sv.resident[m.Digest]:
+			tier = proto.TierVRAM
+		case sv.cache[m.Digest] != "":
+			tier = sv.cache[m.Digest]
+		}
+		secs := sc.transferSeconds(sv.host, tier, m.Size)
+		c.estimateS += secs
+		c.models = append(c.models, proto.ModelPlacement{Name: m.Name, Digest: m.Digest, Tier: tier, Seconds: round3(secs), SizeByte: m.Size})
+	}
+	return c
+}
+
+// transferSeconds is the time to bring size bytes from tier into a worker on
+// host, at the bandwidth the host reported (or the configured default).
+func (sc *scheduler) transferSeconds(h *proto.Host, tier proto.Tier, size int64) float64 {
+	if tier == proto.TierVRAM {
+		return 0
+	}
+	bw := h.Bandwidth[tier]
+	if bw <= 0 {
+		bw = sc.s.cfg.DefaultBandwidth[tier]
+	}
+	if bw <= 0 {
+		return math.Inf(1)
+	}
+	return float64(size) / bw
+}
+
+func tierRank(t proto.Tier) int {
+	if i := slices.Index(proto.Tiers, t); i >= 0 {
+		return i
+	}
+	return len(proto.Tiers)
+}
+
+func round3(f float64) float64 { return math.Round(f*1000) / 1000 }

@@ -1,0 +1,155 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/valyala/fasthttp"
+)
+
+// Server is one coordinator node: the Raft FSM, the leader-only scheduler,
+// the live host view and the HTTP API. New starts it; Close stops it.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	fsm     *FSM
+	raft    *raftNode
+	hosts   *liveHosts
+	metrics *metrics
+	sched   *scheduler
+
+	ln   net.Listener
+	http *fasthttp.Server
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New opens the node's Raft state in cfg.DataDir, starts Raft, the
+// scheduler (active only while this node leads) and the HTTP API.
+func New(cfg Config) (*Server, error) {
+	cfg.fillDefaults()
+	if err := ValidateConfig(&cfg); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), fsm: NewFSM()}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.metrics = newMetrics(s)
+	s.hosts = newLiveHosts(cfg.Now)
+	s.sched = newScheduler(s)
+	s.fsm.onApply = s.sched.observe
+
+	rn, err := openRaft(&s.cfg, s.fsm)
+	if err != nil {
+		return nil, err
+	}
+	s.raft = rn
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		rn.close()
+		return nil, fmt.Errorf("coordinator: listen for http on %s: %w", cfg.HTTPAddr, err)
+	}
+	s.ln = ln
+	s.http = s.newHTTPServer()
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := s.http.Serve(ln); err != nil {
+			s.log.Error("http server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.runLeadership()
+	}()
+	s.log.Info("coordinator started", "http", s.HTTPAddr(), "raft", string(rn.transport.LocalAddr()), "data_dir", cfg.DataDir)
+	return s, nil
+}
+
+// HTTPAddr returns the API's bound address (useful with port 0).
+func (s *Server) HTTPAddr() string { return s.ln.Addr().String() }
+
+// URL returns the API's base URL.
+func (s *Server) URL() string { return "http://" + s.HTTPAddr() }
+
+// FSM exposes the replicated state for in-process readers (tests, demo).
+func (s *Server) FSM() *FSM { return s.fsm }
+
+// IsLeader reports whether this node leads the Raft group.
+func (s *Server) IsLeader() bool { return s.raft.raft.State() == raft.Leader }
+
+// WaitLeader blocks until this node is the leader or ctx ends.
+func (s *Server) WaitLeader(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !s.IsLeader() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("coordinator: no leadership: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// Snapshot forces a Raft snapshot now, so the log can be truncated.
+func (s *Server) Snapshot() error {
+	return s.raft.raft.Snapshot().Error()
+}
+
+// runLeadership starts the scheduler when this node becomes leader and
+// stops it when leadership is lost.
+func (s *Server) runLeadership() {
+	var stop context.CancelFunc
+	var done chan struct{}
+	stopSched := func() {
+		if stop != nil {
+			stop()
+			<-done
+			stop = nil
+		}
+	}
+	defer stopSched()
+	ch := s.raft.raft.LeaderCh()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case isLeader := <-ch:
+			s.metrics.setRaftState(isLeader)
+			if isLeader && stop == nil {
+				// A barrier makes sure every entry of the previous term is
+				// applied before scheduling reads the state.
+				if err := s.raft.raft.Barrier(10 * time.Second).Error(); err != nil {
+					s.log.Warn("leader barrier failed; not scheduling", "err", err)
+					continue
+				}
+				s.log.Info("became leader; scheduler running")
+				var ctx context.Context
+				ctx, stop = context.WithCancel(s.ctx)
+				done = make(chan struct{})
+				go func() { defer close(done); s.sched.run(ctx) }()
+			} else if !isLeader {
+				s.log.Info("lost leadership; scheduler stopped")
+				stopSched()
+			}
+		}
+	}
+}
+
+// Close stops the API, the scheduler and Raft, in that order, and releases
+// the data dir.
+func (s *Server) Close() error {
+	s.cancel()
+	err := s.http.Shutdown()
+	s.wg.Wait()
+	return errors.Join(err, s.raft.close())
+}
