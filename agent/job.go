@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hearth-gpu/hearth/agent/runner"
+	"github.com/hearth-gpu/hearth/cachefs"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
@@ -42,18 +45,12 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 	}
 	models := make([]runner.Model, 0, len(as.Models))
 	for _, m := range as.Models {
-		path, fetched, err := a.cache.Fetch(ctx, m.Digest, a.origin, m.Origin)
+		path, unpin, err := a.fetchPinned(ctx, m)
 		if err != nil {
 			fail("fetch "+m.Name, err)
 			return
 		}
-		unpin, err := a.cache.Pin(m.Digest)
-		if err != nil {
-			fail("pin "+m.Name, err)
-			return
-		}
 		defer unpin()
-		log.Debug("model in cache", "model", m.Name, "fetched_from_origin", fetched)
 		models = append(models, runner.Model{Name: m.Name, Digest: m.Digest, Size: m.Size, Path: path})
 	}
 
@@ -107,6 +104,25 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 	}
 	a.report(as, proto.JobReport{State: proto.JobSucceeded, LoadS: loadS, RunS: runS, Outputs: outputs})
 	log.Info("job succeeded", "load_s", fmt.Sprintf("%.3f", loadS), "run_s", fmt.Sprintf("%.3f", runS), "outputs", len(outputs))
+}
+
+// fetchPinned brings a model into the cache and pins it there. Another job's
+// fetch can evict the blob between Fetch and Pin, so that race is retried.
+func (a *Agent) fetchPinned(ctx context.Context, m proto.ModelRef) (string, func(), error) {
+	for attempt := 0; ; attempt++ {
+		path, fetched, err := a.cache.Fetch(ctx, m.Digest, a.origin, m.Origin)
+		if err != nil {
+			return "", nil, err
+		}
+		unpin, err := a.cache.Pin(m.Digest)
+		if err == nil {
+			a.log.Debug("model in cache", "model", m.Name, "fetched_from_origin", fetched)
+			return path, unpin, nil
+		}
+		if !errors.Is(err, cachefs.ErrNotCached) || attempt == 2 {
+			return "", nil, err
+		}
+	}
 }
 
 // progressReporter forwards worker progress to the coordinator at most once

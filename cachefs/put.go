@@ -5,26 +5,84 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/hearth-gpu/hearth/proto"
 )
 
-// copyBufSize is large enough that syscalls and hashing calls, not their
-// overhead, dominate a multi-gigabyte copy.
+// copyBufSize is large enough that the work of a syscall or a hash call,
+// not its overhead, dominates a multi-gigabyte copy.
 const copyBufSize = 1 << 20
+
+// hashBufs is how many buffers a Put cycles through: enough that reading
+// and writing one does not wait on the hashing of the one before.
+const hashBufs = 4
+
+// hasher computes sha256 on its own goroutine, so hashing (about 1.7 GB/s
+// on one core with SHA extensions) overlaps writing instead of adding to it:
+// for an NVMe disk of similar speed that nearly doubles a Put's throughput.
+// A buffer handed to hash returns to the free list once hashed; the writer
+// reads it concurrently, which is safe, and finishes with it before asking
+// for the next one.
+type hasher struct {
+	h    hash.Hash
+	work chan []byte
+	free chan []byte
+	done chan struct{}
+	once sync.Once
+}
+
+func newHasher() *hasher {
+	p := &hasher{
+		h:    sha256.New(),
+		work: make(chan []byte, hashBufs),
+		free: make(chan []byte, hashBufs),
+		done: make(chan struct{}),
+	}
+	for range hashBufs {
+		p.free <- make([]byte, copyBufSize)
+	}
+	go func() {
+		defer close(p.done)
+		for b := range p.work {
+			p.h.Write(b)
+			p.free <- b[:cap(b)]
+		}
+	}()
+	return p
+}
+
+// buf returns a free buffer, waiting for the hashing goroutine if needed.
+func (p *hasher) buf() []byte { return <-p.free }
+
+func (p *hasher) hash(b []byte) { p.work <- b }
+
+// stop ends the hashing goroutine; it is safe to call more than once.
+func (p *hasher) stop() {
+	p.once.Do(func() { close(p.work) })
+	<-p.done
+}
+
+// sum waits for every buffer handed over so far and returns the digest.
+func (p *hasher) sum() []byte {
+	p.stop()
+	return p.h.Sum(nil)
+}
 
 // Put streams r into the cache as d's blob, following the write protocol in
 // the package comment, and returns the blob's path and size. Bytes that do
-// not hash to d fail with ErrDigestMismatch and leave nothing behind. After
-// the blob is in place, unpinned blobs are evicted to keep the budget; if
-// only pinned blobs are left to evict, Put fails with ErrNoSpace instead.
-// Cancelling ctx stops the copy and removes the temp file. If d is already
-// cached, Put marks it used and returns it without reading r.
+// not hash to d fail with ErrDigestMismatch and leave nothing behind. As
+// the verified blob is renamed into place, unpinned blobs are evicted to
+// keep the budget; if only pinned blobs are left to evict, Put fails with
+// ErrNoSpace, and a blob over the whole budget with ErrTooLarge, and neither
+// is kept. Cancelling ctx stops the copy and removes the temp file. If d is
+// already cached, Put marks it used and returns it without reading r.
 func (s *Store) Put(ctx context.Context, d proto.Digest, r io.Reader) (path string, n int64, err error) {
 	if err := d.Validate(); err != nil {
 		return "", 0, fmt.Errorf("cachefs: put: %w", err)
@@ -75,30 +133,31 @@ func (s *Store) writeTemp(ctx context.Context, d proto.Digest, r io.Reader) (str
 		}
 	}()
 
-	h := sha256.New()
+	h := newHasher()
+	defer h.stop()
 	src := &cancelReader{ctx: ctx, stop: s.closing, r: r}
-	buf := make([]byte, copyBufSize)
 	var n int64
 	for {
-		nr, rerr := src.Read(buf)
+		buf := h.buf()
+		nr, rerr := io.ReadFull(src, buf)
 		if nr > 0 {
 			if s.max > 0 && n+int64(nr) > s.max {
 				return "", 0, fmt.Errorf("cachefs: put %s: the blob is over %d bytes, more than the whole cache budget; raise the cache's MaxBytes above the model's size: %w", d, s.max, ErrTooLarge)
 			}
-			h.Write(buf[:nr])
+			h.hash(buf[:nr]) // hashed on another goroutine while we write
 			if _, err := f.Write(buf[:nr]); err != nil {
 				return "", 0, s.writeErr(d, n, err)
 			}
 			n += int64(nr)
 		}
-		if rerr == io.EOF {
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
 		}
 		if rerr != nil {
 			return "", 0, fmt.Errorf("cachefs: put %s: reading the source stopped after %d bytes; nothing was cached: %w", d, n, rerr)
 		}
 	}
-	if got := proto.DigestFromSum(h.Sum(nil)); got != d {
+	if got := proto.DigestFromSum(h.sum()); got != d {
 		return "", 0, fmt.Errorf("cachefs: put %s: the %d bytes received hash to %s; the source sent wrong or truncated data and nothing was cached: %w", d, n, got, ErrDigestMismatch)
 	}
 	if err := f.Sync(); err != nil {

@@ -214,6 +214,9 @@ func (s *Server) handleReady(*fasthttp.RequestCtx) (int, any, error) {
 	if addr, _ := s.raft.raft.LeaderWithID(); addr == "" {
 		return 0, nil, &apiError{Status: http.StatusServiceUnavailable, Code: "no_leader", Message: "the Raft group has no leader yet"}
 	}
+	if s.IsLeader() && !s.leaderReady.Load() {
+		return 0, nil, &apiError{Status: http.StatusServiceUnavailable, Code: "catching_up", Message: "this node leads but has not applied the log of earlier terms yet"}
+	}
 	return http.StatusOK, map[string]string{"status": "ready"}, nil
 }
 

@@ -45,6 +45,9 @@ type Config struct {
 	// (defaults: 8192 entries, 2 min).
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
+	// TrailingLogs is how many entries survive a snapshot's log compaction
+	// (default 10240, Raft's own).
+	TrailingLogs uint64
 	// RaftTimeouts shortens Raft's timers; tests set it for fast elections.
 	RaftFastTimeouts bool
 	// RaftLogLevel is hashicorp/raft's own log level (default "warn").
@@ -130,6 +133,9 @@ func (c *Config) fillDefaults() {
 	}
 	if c.SnapshotInterval == 0 {
 		c.SnapshotInterval = d.SnapshotInterval
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 10240
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -36,6 +36,7 @@ func openRaft(cfg *Config, fsm *FSM) (*raftNode, error) {
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
 	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(cmp.Or(cfg.RaftLogLevel, "warn")), Output: os.Stderr})
 	if cfg.RaftFastTimeouts {
 		rc.HeartbeatTimeout = 200 * time.Millisecond

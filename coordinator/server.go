@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -26,6 +27,11 @@ type Server struct {
 
 	ln   net.Listener
 	http *fasthttp.Server
+
+	// leaderReady is set once this node leads and has applied every entry
+	// of earlier terms (its barrier returned): only then is its state
+	// complete enough to read and schedule from.
+	leaderReady atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -86,11 +92,12 @@ func (s *Server) FSM() *FSM { return s.fsm }
 // IsLeader reports whether this node leads the Raft group.
 func (s *Server) IsLeader() bool { return s.raft.raft.State() == raft.Leader }
 
-// WaitLeader blocks until this node is the leader or ctx ends.
+// WaitLeader blocks until this node is the leader and has applied the
+// whole log, or ctx ends.
 func (s *Server) WaitLeader(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for !s.IsLeader() {
+	for !s.IsLeader() || !s.leaderReady.Load() {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("coordinator: no leadership: %w", ctx.Err())
@@ -108,16 +115,12 @@ func (s *Server) Snapshot() error {
 // runLeadership starts the scheduler when this node becomes leader and
 // stops it when leadership is lost.
 func (s *Server) runLeadership() {
-	var stop context.CancelFunc
-	var done chan struct{}
-	stopSched := func() {
+	var stop func() // non-nil while the scheduler runs
+	defer func() {
 		if stop != nil {
 			stop()
-			<-done
-			stop = nil
 		}
-	}
-	defer stopSched()
+	}()
 	ch := s.raft.raft.LeaderCh()
 	for {
 		select {
@@ -125,24 +128,33 @@ func (s *Server) runLeadership() {
 			return
 		case isLeader := <-ch:
 			s.metrics.setRaftState(isLeader)
-			if isLeader && stop == nil {
+			switch {
+			case isLeader && stop == nil:
 				// A barrier makes sure every entry of the previous term is
 				// applied before scheduling reads the state.
 				if err := s.raft.raft.Barrier(10 * time.Second).Error(); err != nil {
 					s.log.Warn("leader barrier failed; not scheduling", "err", err)
 					continue
 				}
+				s.leaderReady.Store(true)
 				s.log.Info("became leader; scheduler running")
-				var ctx context.Context
-				ctx, stop = context.WithCancel(s.ctx)
-				done = make(chan struct{})
-				go func() { defer close(done); s.sched.run(ctx) }()
-			} else if !isLeader {
+				stop = s.startScheduler()
+			case !isLeader && stop != nil:
+				s.leaderReady.Store(false)
 				s.log.Info("lost leadership; scheduler stopped")
-				stopSched()
+				stop()
+				stop = nil
 			}
 		}
 	}
+}
+
+// startScheduler runs the scheduler until the returned stop is called.
+func (s *Server) startScheduler() (stop func()) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); s.sched.run(ctx) }()
+	return func() { cancel(); <-done }
 }
 
 // Close stops the API, the scheduler and Raft, in that order, and releases

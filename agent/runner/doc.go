@@ -3,8 +3,8 @@
 // makes a repeated job fast) or one process per job that keeps nothing warm.
 //
 // A Runner is used by one slot: the agent calls Load, then Run, one job at a
-// time. Every Runner is nevertheless safe for concurrent use; Resident and
-// Close never wait for a running job.
+// time. Every Runner is nevertheless safe for concurrent use: Resident never
+// waits for a running job, and Close interrupts it.
 //
 // # Worker protocol (version 1)
 //
@@ -45,7 +45,7 @@
 // "loaded" lists the request's digests that are resident now (on failure,
 // those that did load before it), and "load_s" the seconds it took:
 //
-//	→ {"id":1,"op":"load","models":[{"name":"checkpoints/sdxl.safetensors","digest":"sha256:…","path":"/var/lib/hearth/blobs/…","size":6938078334}]}
+//	→ {"id":1,"op":"load","models":[{"name":"checkpoints/sdxl.safetensors","digest":"sha256:…","path":"<cache>/blobs/…","size":6938078334}]}
 //	← {"id":1,"ok":true,"loaded":["sha256:…"],"load_s":1.42}
 //	← {"id":1,"ok":false,"loaded":[],"error":"file … has digest sha256:…, want sha256:…"}
 //
@@ -65,7 +65,7 @@
 // answers with their names relative to it. Before the answer it may send any
 // number of progress events for the same id:
 //
-//	→ {"id":3,"op":"run","job_id":"j-01","kind":"workflow","input":{…},"models":["sha256:…"],"output_dir":"/var/lib/hearth/jobs/j-01/out"}
+//	→ {"id":3,"op":"run","job_id":"j-01","kind":"workflow","input":{…},"models":["sha256:…"],"output_dir":"<jobs>/j-01/out"}
 //	← {"id":3,"event":"progress","value":1,"max":20,"node":"3"}
 //	← {"id":3,"ok":true,"outputs":["hearth_00001_.png"]}
 //	← {"id":3,"ok":false,"error":"CUDA out of memory"}

@@ -98,7 +98,7 @@ func (e *Exec) Run(ctx context.Context, req Request, progress func(proto.Progres
 	}
 	models, err := validateModels(req.Models)
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("runner: job %s: %w", req.JobID, err)
 	}
 	env, err := e.jobEnv(req, models)
 	if err != nil {
@@ -170,7 +170,7 @@ func (e *Exec) Run(ctx context.Context, req Request, progress func(proto.Progres
 
 	outputs, err := listOutputs(req.OutputDir)
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("runner: job %s: %w", req.JobID, err)
 	}
 	log.Info("runner: exec job finished", "outputs", len(outputs), "run_s", time.Since(start).Seconds())
 	return Result{Outputs: outputs}, nil

@@ -194,7 +194,7 @@ func TestExecRefusesBadRequests(t *testing.T) {
 func TestParseProgressLine(t *testing.T) {
 	cases := map[string]bool{
 		`{"progress":{"value":1,"max":2,"node":"n"}}`: true,
-		`  {"progress":{"value":1}}  `:                 true,
+		`  {"progress":{"value":1}}  `:                true,
 		`{"progress":null}`:                           false,
 		`progress 1/2`:                                false,
 		`{"other":1}`:                                 false,

@@ -102,19 +102,20 @@ func wireModels(models []Model) []wireModel {
 }
 
 // validateModels refuses what a runner cannot hand to a process and returns
-// the models with duplicate digests removed, first occurrence kept.
+// the models with duplicate digests removed, first occurrence kept. Like the
+// other helpers here, its errors get the "runner: " prefix from the caller.
 func validateModels(models []Model) ([]Model, error) {
 	seen := make(map[proto.Digest]bool, len(models))
 	out := make([]Model, 0, len(models))
 	for _, m := range models {
 		if err := m.Digest.Validate(); err != nil {
-			return nil, fmt.Errorf("runner: model %q: %w", m.Name, err)
+			return nil, fmt.Errorf("model %q: %w", m.Name, err)
 		}
 		if m.Size < 0 {
-			return nil, fmt.Errorf("runner: model %q has negative size %d", m.Name, m.Size)
+			return nil, fmt.Errorf("model %q has negative size %d", m.Name, m.Size)
 		}
 		if m.Path == "" {
-			return nil, fmt.Errorf("runner: model %q (%s) has no local path; fetch it into the cache first", m.Name, m.Digest.Short())
+			return nil, fmt.Errorf("model %q (%s) has no local path; fetch it into the cache first", m.Name, m.Digest.Short())
 		}
 		if seen[m.Digest] {
 			continue
@@ -145,7 +146,7 @@ func listOutputs(dir string) ([]string, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("runner: list outputs in %s: %w", dir, err)
+		return nil, fmt.Errorf("list outputs in %s: %w", dir, err)
 	}
 	slices.Sort(out)
 	return out, nil
@@ -156,14 +157,14 @@ func listOutputs(dir string) ([]string, error) {
 func checkOutputs(dir string, names []string) error {
 	for _, name := range names {
 		if !filepath.IsLocal(filepath.FromSlash(name)) {
-			return fmt.Errorf("runner: worker reported output %q, which is not a path inside the output directory", name)
+			return fmt.Errorf("worker reported output %q, which is not a path inside the output directory", name)
 		}
 		fi, err := os.Lstat(filepath.Join(dir, filepath.FromSlash(name)))
 		if err != nil {
-			return fmt.Errorf("runner: worker reported output %q: %w", name, err)
+			return fmt.Errorf("worker reported output %q: %w", name, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("runner: worker reported output %q, which is not a regular file", name)
+			return fmt.Errorf("worker reported output %q, which is not a regular file", name)
 		}
 	}
 	return nil

@@ -76,8 +76,9 @@ func writeModel(t *testing.T, dir, name string, size int) Model {
 func newTestWorker(t *testing.T, capacity int64, args ...string) *Worker {
 	t.Helper()
 	w, err := NewWorker(WorkerConfig{
-		Command:       append([]string{os.Args[0]}, args...),
-		Env:           []string{envRefworker + "=1"},
+		Command: append([]string{os.Args[0]}, args...),
+		// The race detector's default 1 s pause at exit would slow every Close.
+		Env:           []string{envRefworker + "=1", "GORACE=atexit_sleep_ms=0"},
 		CapacityBytes: capacity,
 		Logger:        testLogger(t),
 		StartTimeout:  20 * time.Second,

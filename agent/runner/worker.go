@@ -3,6 +3,7 @@ package runner
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -119,7 +120,7 @@ func (w *Worker) Load(ctx context.Context, models []Model) ([]proto.Digest, erro
 	defer w.callMu.Unlock()
 	already, _, err := w.load(ctx, models)
 	if err != nil {
-		return already, fmt.Errorf("runner: load: %w", err)
+		return already, fmt.Errorf("runner: load: %w", w.explain(err))
 	}
 	return already, nil
 }
@@ -192,7 +193,7 @@ func (w *Worker) Run(ctx context.Context, req Request, progress func(proto.Progr
 	defer w.callMu.Unlock()
 	_, p, err := w.load(ctx, req.Models)
 	if err != nil {
-		return Result{}, fmt.Errorf("runner: job %s: load models: %w", req.JobID, err)
+		return Result{}, fmt.Errorf("runner: job %s: load models: %w", req.JobID, w.explain(err))
 	}
 	digests := make([]proto.Digest, 0, len(req.Models))
 	for _, m := range req.Models {
@@ -204,10 +205,13 @@ func (w *Worker) Run(ctx context.Context, req Request, progress func(proto.Progr
 			Models: digests, OutputDir: req.OutputDir}
 	}, progress)
 	if err != nil {
-		return Result{}, fmt.Errorf("runner: job %s: %w", req.JobID, err)
+		return Result{}, fmt.Errorf("runner: job %s: %w", req.JobID, w.explain(err))
 	}
 	w.noteAnswer()
 	if !m.ok() {
+		if w.isClosed() { // the worker ended the run because Close closed its input
+			return Result{}, fmt.Errorf("runner: job %s: %w: the worker answered %q", req.JobID, ErrClosed, m.failure())
+		}
 		return Result{}, fmt.Errorf("runner: job %s: %w: %s", req.JobID, ErrJobFailed, m.failure())
 	}
 	if err := checkOutputs(req.OutputDir, m.Outputs); err != nil {
@@ -325,6 +329,21 @@ func backoffDelay(n int) time.Duration {
 		d *= 2
 	}
 	return min(d, backoffMax)
+}
+
+func (w *Worker) isClosed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.closed
+}
+
+// explain marks an error caused by Close as ErrClosed, so the agent does not
+// take a shutdown for a broken worker.
+func (w *Worker) explain(err error) error {
+	if w.isClosed() && !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return err
 }
 
 // noteAnswer resets the backoff: the worker answered a request.

@@ -97,7 +97,7 @@ func startProc(ctx context.Context, cfg WorkerConfig, log *slog.Logger) (*worker
 		p.log.Info("runner: worker ready", "pid", p.pid(), "name", h.Name, "command", cfg.Command[0])
 		return p, nil
 	case <-p.done:
-		return nil, fmt.Errorf("worker %q exited before its hello: %w%s", cfg.Command[0], p.exitErr, quoteTail(p.tail.String()))
+		return nil, fmt.Errorf("worker %q ended before its hello: %w", cfg.Command[0], p.exitError())
 	case <-timer.C:
 		p.kill("no hello in time")
 		<-p.done

@@ -58,7 +58,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 
 	type row struct {
 		workflow, pass string
-		job        *proto.Job
+		job            *proto.Job
 	}
 	var rows []row
 	for _, wf := range examples.Workflows() {
