@@ -1,0 +1,130 @@
+package agent_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hearth-gpu/hearth/agent"
+	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/agent/runner/refworker"
+	"github.com/hearth-gpu/hearth/client"
+	"github.com/hearth-gpu/hearth/coordinator"
+	"github.com/hearth-gpu/hearth/internal/devcluster"
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("HEARTH_TEST_REFWORKER") == "1" {
+		os.Exit(refworker.Main(os.Stdin, os.Stdout, os.Stderr, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// freeAddr reserves a loopback port and releases it for a server to take.
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startCoordinator(t *testing.T, httpAddr, dataDir string) *coordinator.Server {
+	cfg := coordinator.DefaultConfig()
+	cfg.DataDir, cfg.HTTPAddr, cfg.RaftAddr = dataDir, httpAddr, "127.0.0.1:0"
+	cfg.Bootstrap, cfg.RaftFastTimeouts, cfg.RaftLogLevel = true, true, "error"
+	cfg.SchedulerInterval, cfg.Logger = 50*time.Millisecond, quiet
+	s, err := coordinator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func agentConfig(t *testing.T, coordURL, originDir string) agent.Config {
+	cfg := agent.DefaultConfig()
+	cfg.HostID, cfg.CoordinatorURL = "h-test", coordURL
+	cfg.DataDir, cfg.OriginDir = t.TempDir(), originDir
+	cfg.SimGPUs = []gpu.SimGPU{{Name: "Simulated H200", MemoryBytes: 141 << 30}}
+	cfg.MaxSlotsPerGPU = 1
+	cfg.WorkerCommand, cfg.WorkerEnv = []string{os.Args[0]}, []string{"HEARTH_TEST_REFWORKER=1"}
+	cfg.HeartbeatInterval, cfg.PollWait, cfg.Logger = 100*time.Millisecond, 2*time.Second, quiet
+	return cfg
+}
+
+// An agent started before any coordinator keeps trying and registers once
+// one appears at its address.
+func TestAgentWaitsForCoordinator(t *testing.T) {
+	addr := freeAddr(t)
+	cfg := agentConfig(t, "http://"+addr, t.TempDir())
+	type result struct {
+		a   *agent.Agent
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		a, err := agent.New(ctx, cfg)
+		done <- result{a, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // let it fail at least once
+	s := startCoordinator(t, addr, t.TempDir())
+	defer s.Close()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("agent did not register once the coordinator came up: %v", r.err)
+	}
+	defer r.a.Close()
+	if h, ok := s.FSM().Host("h-test"); !ok || h.DeviceKind != gpu.KindSimulated || len(h.GPUs) != 1 || h.GPUs[0].Slots != 1 {
+		t.Fatalf("registered host = %+v", h)
+	}
+}
+
+// A coordinator that comes back without the agent's registration (a new
+// cluster at the same address) learns it again from the agent's next
+// heartbeat, and the agent runs its jobs.
+func TestAgentReregistersWithAFreshCoordinator(t *testing.T) {
+	addr := freeAddr(t)
+	origin := t.TempDir()
+	s := startCoordinator(t, addr, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := agent.New(ctx, agentConfig(t, "http://"+addr, origin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s.Close()
+
+	s = startCoordinator(t, addr, t.TempDir()) // empty state: no hosts, no models
+	defer s.Close()
+	api := client.New(s.URL(), nil)
+	if err := devcluster.SeedModels(ctx, api, origin); err != nil {
+		t.Fatal(err)
+	}
+	j, err := api.SubmitRaw(ctx, []byte(`{"worker":{"models":["vae/sdxl_vae.safetensors"]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err = api.WaitJob(ctx, j.ID, 20*time.Millisecond)
+	if err != nil || j.State != proto.JobSucceeded || j.Placement.Host != "h-test" {
+		t.Fatalf("job on the fresh coordinator = %+v, %v", j, err)
+	}
+	if _, ok := s.FSM().Host("h-test"); !ok {
+		t.Fatal("the agent did not register again")
+	}
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hearth-gpu/hearth/examples"
+	"github.com/hearth-gpu/hearth/internal/devcluster"
+	"github.com/hearth-gpu/hearth/proto"
+)
+
+// TestMain lets the test binary act as `hearth refworker` for the agent.
+func TestMain(m *testing.M) {
+	if os.Getenv("HEARTH_TEST_REFWORKER") == "1" {
+		os.Exit(run(append([]string{"refworker"}, os.Args[1:]...), os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrorsExitTwoWithASentence(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{nil, "Usage"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"coordinator"}, "needs --data-dir"},
+		{[]string{"coordinator", "--data-dir", "x", "--max-body", "lots"}, "--max-body"},
+		{[]string{"agent", "--data-dir", "x"}, "needs --data-dir and --origin-dir"},
+		{[]string{"agent", "--data-dir", "x", "--origin-dir", "y", "--sim-gpus", "nosize"}, "NAME:SIZE"},
+		{[]string{"agent", "--data-dir", "x", "--origin-dir", "y", "--slot-size", "-3GiB"}, "--slot-size"},
+		{[]string{"job"}, "submit, get or ls"},
+		{[]string{"job", "submit"}, "needs one FILE"},
+		{[]string{"job", "submit", "/does/not/exist.json"}, "cannot read"},
+		{[]string{"job", "explode"}, `unknown job subcommand "explode"`},
+		{[]string{"job", "ls", "--no-such-flag"}, "flag provided but not defined"},
+		{[]string{"model"}, "model needs a subcommand"},
+		{[]string{"host", "rm"}, "host needs a subcommand"},
+		{[]string{"dev", "extra"}, "takes no arguments"},
+		{[]string{"coordinator", "--data-dir", "x", "--log-level", "loud"}, "log level"},
+	}
+	for _, tc := range cases {
+		code, _, stderr := runCLI(tc.args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("hearth %q: exit %d, stderr %q; want exit 2 mentioning %q", tc.args, code, stderr, tc.want)
+		}
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]uint64{"512": 512, "16MiB": 16 << 20, "24GiB": 24 << 30, "1.5GB": 1.5e9, "2 GiB": 2 << 30, "0": 0} {
+		if got, err := parseBytes(in); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "GiB", "-1", "1XB", "99999999TiB"} {
+		if _, err := parseBytes(bad); err == nil {
+			t.Errorf("parseBytes(%q) accepted a bad size", bad)
+		}
+	}
+}
+
+func TestReadSpecFileWrapsBarePrompts(t *testing.T) {
+	dir := t.TempDir()
+	bare := filepath.Join(dir, "bare.json")
+	os.WriteFile(bare, examples.Workflows()[0].JSON, 0o600)
+	spec := filepath.Join(dir, "spec.json")
+	os.WriteFile(spec, []byte(`{"worker":{"models":[]},"priority":3}`), 0o600)
+	b, err := readSpecFile(bare)
+	var got map[string]json.RawMessage
+	if err != nil || json.Unmarshal(b, &got) != nil || len(got) != 1 || got["workflow"] == nil {
+		t.Fatalf("bare prompt not wrapped as {workflow}: %s, %v", b, err)
+	}
+	if b, err := readSpecFile(spec); err != nil || !strings.Contains(string(b), `"priority":3`) {
+		t.Fatalf("a full spec was altered: %s, %v", b, err)
+	}
+}
+
+func TestClientCommandsAgainstACluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := devcluster.Start(ctx, devcluster.Options{
+		DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		WorkerCommand: []string{os.Args[0]}, WorkerEnv: []string{"HEARTH_TEST_REFWORKER=1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr := c.Coordinator.URL()
+	file := filepath.Join(t.TempDir(), "upscale.json")
+	for _, wf := range examples.Workflows() {
+		if wf.Name == "upscale" {
+			os.WriteFile(file, wf.JSON, 0o600)
+		}
+	}
+
+	code, out, stderr := runCLI("job", "submit", file, "--wait", "--addr", addr)
+	var j proto.Job
+	if code != 0 || json.Unmarshal([]byte(out), &j) != nil || j.State != proto.JobSucceeded {
+		t.Fatalf("job submit --wait: exit %d, job %+v, stderr %s", code, j, stderr)
+	}
+	if code, out, _ := runCLI("job", "get", j.ID, "--addr", addr); code != 0 || !strings.Contains(out, `"estimate_s"`) {
+		t.Fatalf("job get: exit %d: %s", code, out)
+	}
+	if code, out, _ := runCLI("job", "ls", "--addr", addr); code != 0 || !strings.Contains(out, j.ID) || !strings.Contains(out, "4x_ultrasharp.pth=origin") {
+		t.Fatalf("job ls: exit %d: %s", code, out)
+	}
+	if code, out, _ := runCLI("host", "ls", "--addr", addr); code != 0 || !strings.Contains(out, "host-1") || !strings.Contains(out, "ready") || !strings.Contains(out, "simulated") {
+		t.Fatalf("host ls: exit %d: %s", code, out)
+	}
+	if code, out, _ := runCLI("model", "ls", "--addr", addr); code != 0 || strings.Count(out, "\n") != 1+len(examples.DemoModels) || !strings.Contains(out, "host-1:") {
+		t.Fatalf("model ls: exit %d: %s", code, out)
+	}
+	// A server-side refusal is exit 1 with the API's message, not a usage error.
+	if code, _, stderr := runCLI("job", "get", "nope", "--addr", addr); code != 1 || !strings.Contains(stderr, "job_not_found") {
+		t.Fatalf("job get nope: exit %d, stderr %q", code, stderr)
+	}
+}
