@@ -172,8 +172,18 @@ func (c *Client) PutModel(ctx context.Context, m proto.Model) (*proto.Model, err
 	if m.Origin != "" {
 		body["origin"] = m.Origin
 	}
-	_, err := c.Do(ctx, http.MethodPut, "/v1/models/"+m.Name, body, &out)
+	_, err := c.Do(ctx, http.MethodPut, "/v1/models/"+escapeName(m.Name), body, &out)
 	return &out, err
+}
+
+// escapeName percent-escapes each segment of a catalog name for a URL path,
+// so spaces, '?', '#' and '%' in file names reach the coordinator intact.
+func escapeName(name string) string {
+	segs := strings.Split(name, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return strings.Join(segs, "/")
 }
 
 // Models lists the catalog.

@@ -3,12 +3,15 @@ package coordinator
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fasthttp/router"
@@ -64,8 +67,12 @@ func (s *Server) newHTTPServer() *fasthttp.Server {
 		return 0, nil, &apiError{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: fmt.Sprintf("%s is not allowed on %s", ctx.Method(), ctx.Path())}
 	})
 	return &fasthttp.Server{
-		Handler:            r.Handler,
-		Name:               "hearth",
+		Handler: r.Handler,
+		Name:    "hearth",
+		// fasthttp logs connection-level errors (an oversized body, a client
+		// that hung up) itself; the client already got a JSON answer, so
+		// these are debug detail, not warnings.
+		Logger:             fasthttpLogger{s.log},
 		MaxRequestBodySize: s.cfg.MaxBodyBytes,
 		ReadTimeout:        30 * time.Second,
 		IdleTimeout:        2 * time.Minute,
@@ -140,8 +147,24 @@ func (s *Server) handleListModels(*fasthttp.RequestCtx) (int, any, error) {
 	return http.StatusOK, map[string]any{"models": s.fsm.Models()}, nil
 }
 
+// modelName returns the {name} path parameter, percent-decoded: the router
+// matches the raw path, so "loras/pixel%20art.safetensors" must become the
+// catalog name "loras/pixel art.safetensors" (and "%2E%2E" a ".." that
+// validation refuses).
+func modelName(ctx *fasthttp.RequestCtx) (string, error) {
+	raw, _ := ctx.UserValue("name").(string)
+	name, err := url.PathUnescape(raw)
+	if err != nil {
+		return "", errBadRequest("invalid_field", "name", "model name %q is not a valid escaped path: %v", raw, err)
+	}
+	return name, nil
+}
+
 func (s *Server) handleGetModel(ctx *fasthttp.RequestCtx) (int, any, error) {
-	name, _ := ctx.UserValue("name").(string)
+	name, err := modelName(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
 	m, ok := s.fsm.Model(name)
 	if !ok {
 		return 0, nil, &apiError{Status: http.StatusNotFound, Code: "model_not_found", Field: "name", Message: fmt.Sprintf("model %q is not in the catalog", name)}
@@ -157,7 +180,10 @@ type modelBody struct {
 }
 
 func (s *Server) handlePutModel(ctx *fasthttp.RequestCtx) (int, any, error) {
-	name, _ := ctx.UserValue("name").(string)
+	name, err := modelName(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
 	var b modelBody
 	if err := decodeStrict(ctx.PostBody(), &b); err != nil {
 		return 0, nil, err
@@ -220,14 +246,35 @@ func (s *Server) handleReady(*fasthttp.RequestCtx) (int, any, error) {
 	return http.StatusOK, map[string]string{"status": "ready"}, nil
 }
 
+// jobIDs keeps newJobID monotonic within the process.
+var jobIDs struct {
+	sync.Mutex
+	ms  int64  // timestamp of the last id
+	seq uint64 // its 48-bit suffix
+}
+
 // newJobID returns a 24-character id whose first 12 hex digits are the
-// submit time in milliseconds, so ids sort by submission.
+// submit time in milliseconds, so ids sort by submission. Ids minted in the
+// same millisecond as the last one (or while the clock steps back) keep its
+// timestamp and count up from its suffix, ULID-style, so they sort in
+// submit order too, and a listing cursor does not skip a job this leader
+// accepts later.
 func newJobID(now time.Time) string {
-	var r [6]byte
-	if _, err := io.ReadFull(rand.Reader, r[:]); err != nil {
-		panic("coordinator: crypto/rand failed: " + err.Error())
+	ms := now.UnixMilli()
+	jobIDs.Lock()
+	defer jobIDs.Unlock()
+	if ms <= jobIDs.ms {
+		ms = jobIDs.ms
+		jobIDs.seq++
+	} else {
+		var r [8]byte
+		if _, err := io.ReadFull(rand.Reader, r[2:]); err != nil {
+			panic("coordinator: crypto/rand failed: " + err.Error())
+		}
+		r[2] &= 0x7f // leave room to count up without overflowing 48 bits
+		jobIDs.ms, jobIDs.seq = ms, binary.BigEndian.Uint64(r[:])
 	}
-	return fmt.Sprintf("%012x%s", now.UnixMilli(), hex.EncodeToString(r[:]))
+	return fmt.Sprintf("%012x%012x", ms, jobIDs.seq)
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
@@ -242,4 +289,11 @@ func unknownFieldName(err error) (string, bool) {
 		return "", false
 	}
 	return strings.TrimSuffix(msg[i+len(p):], `"`), true
+}
+
+// fasthttpLogger adapts slog to fasthttp's Printf-style logger.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug("http: " + fmt.Sprintf(format, args...))
 }
