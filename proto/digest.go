@@ -1,8 +1,10 @@
 package proto
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"strings"
 )
 
@@ -50,4 +52,14 @@ func (d Digest) Short() string {
 func (d Digest) Validate() error {
 	_, err := ParseDigest(string(d))
 	return err
+}
+
+// DigestOf reads r to the end and returns its length and digest.
+func DigestOf(r io.Reader) (int64, Digest, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return n, "", err
+	}
+	return n, DigestFromSum(h.Sum(nil)), nil
 }

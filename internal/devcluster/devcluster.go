@@ -6,11 +6,9 @@ package devcluster
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -174,12 +172,7 @@ func ensureSafetensors(path string, tensorBytes int64, seed uint64) (int64, prot
 		return 0, "", err
 	}
 	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return 0, "", err
-	}
-	return n, proto.DigestFromSum(h.Sum(nil)), nil
+	return proto.DigestOf(f)
 }
 
 func writeSafetensors(path string, tensorBytes int64, seed uint64) error {
