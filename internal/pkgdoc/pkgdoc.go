@@ -1,0 +1,3 @@
+// Package pkgdoc holds only a test: every package in the module must start
+// with a package comment that says what it is for.
+package pkgdoc
