@@ -19,9 +19,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv("HEARTH_TEST_REFWORKER") == "1" {
-		os.Exit(refworker.Main(os.Stdin, os.Stdout, os.Stderr, os.Args[1:]))
-	}
+	refworker.ServeIfTestChild()
 	os.Exit(m.Run())
 }
 
@@ -60,7 +58,7 @@ func agentConfig(t *testing.T, coordURL, originDir string) agent.Config {
 	cfg.DataDir, cfg.OriginDir = t.TempDir(), originDir
 	cfg.SimGPUs = []gpu.SimGPU{{Name: "Simulated H200", MemoryBytes: 141 << 30}}
 	cfg.MaxSlotsPerGPU = 1
-	cfg.WorkerCommand, cfg.WorkerEnv = []string{os.Args[0]}, []string{"HEARTH_TEST_REFWORKER=1"}
+	cfg.WorkerCommand, cfg.WorkerEnv = []string{os.Args[0]}, []string{refworker.TestChildEnv + "=1"}
 	cfg.HeartbeatInterval, cfg.PollWait, cfg.Logger = 100*time.Millisecond, 2*time.Second, quiet
 	return cfg
 }

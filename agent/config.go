@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -95,18 +96,10 @@ func ValidateConfig(c *Config) error {
 
 func (c *Config) fillDefaults() error {
 	d := DefaultConfig()
-	if c.SlotBytes == 0 {
-		c.SlotBytes = d.SlotBytes
-	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = d.HeartbeatInterval
-	}
-	if c.PollWait == 0 {
-		c.PollWait = d.PollWait
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.SlotBytes = cmp.Or(c.SlotBytes, d.SlotBytes)
+	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, d.HeartbeatInterval)
+	c.PollWait = cmp.Or(c.PollWait, d.PollWait)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	if len(c.WorkerCommand) == 0 {
 		exe, err := os.Executable()
 		if err != nil {

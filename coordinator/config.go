@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -110,35 +111,17 @@ func ValidateConfig(c *Config) error {
 
 func (c *Config) fillDefaults() {
 	d := DefaultConfig()
-	if c.MaxBodyBytes == 0 {
-		c.MaxBodyBytes = d.MaxBodyBytes
-	}
-	if c.HeartbeatGrace == 0 {
-		c.HeartbeatGrace = d.HeartbeatGrace
-	}
-	if c.SchedulerInterval == 0 {
-		c.SchedulerInterval = d.SchedulerInterval
-	}
-	if c.AssignmentWaitMax == 0 {
-		c.AssignmentWaitMax = d.AssignmentWaitMax
-	}
+	c.MaxBodyBytes = cmp.Or(c.MaxBodyBytes, d.MaxBodyBytes)
+	c.HeartbeatGrace = cmp.Or(c.HeartbeatGrace, d.HeartbeatGrace)
+	c.SchedulerInterval = cmp.Or(c.SchedulerInterval, d.SchedulerInterval)
+	c.AssignmentWaitMax = cmp.Or(c.AssignmentWaitMax, d.AssignmentWaitMax)
+	c.DefaultRunS = cmp.Or(c.DefaultRunS, d.DefaultRunS)
+	c.SnapshotThreshold = cmp.Or(c.SnapshotThreshold, d.SnapshotThreshold)
+	c.SnapshotInterval = cmp.Or(c.SnapshotInterval, d.SnapshotInterval)
+	c.TrailingLogs = cmp.Or(c.TrailingLogs, 10240) // Raft's own default
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	if c.DefaultBandwidth == nil {
 		c.DefaultBandwidth = d.DefaultBandwidth
-	}
-	if c.DefaultRunS == 0 {
-		c.DefaultRunS = d.DefaultRunS
-	}
-	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = d.SnapshotThreshold
-	}
-	if c.SnapshotInterval == 0 {
-		c.SnapshotInterval = d.SnapshotInterval
-	}
-	if c.TrailingLogs == 0 {
-		c.TrailingLogs = 10240
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -308,13 +309,8 @@ func (f *FSM) Model(name string) (*proto.Model, bool) {
 // Models lists the catalog by name.
 func (f *FSM) Models() []*proto.Model {
 	f.mu.RLock()
-	out := make([]*proto.Model, 0, len(f.models))
-	for _, m := range f.models {
-		out = append(out, m)
-	}
-	f.mu.RUnlock()
-	sort.Slice(out, func(a, b int) bool { return out[a].Name < out[b].Name })
-	return out
+	defer f.mu.RUnlock()
+	return sortedValues(f.models)
 }
 
 // Host returns a registration by id.
@@ -328,12 +324,17 @@ func (f *FSM) Host(id string) (*proto.Host, bool) {
 // Hosts lists registrations by id.
 func (f *FSM) Hosts() []*proto.Host {
 	f.mu.RLock()
-	out := make([]*proto.Host, 0, len(f.hosts))
-	for _, h := range f.hosts {
-		out = append(out, h)
+	defer f.mu.RUnlock()
+	return sortedValues(f.hosts)
+}
+
+// sortedValues returns a map's values ordered by their keys (a model's name,
+// a host's id), so listings are stable.
+func sortedValues[V any](m map[string]V) []V {
+	out := make([]V, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
 	}
-	f.mu.RUnlock()
-	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out
 }
 

@@ -16,14 +16,8 @@ import (
 	"github.com/hearth-gpu/hearth/proto"
 )
 
-// envRefworker makes the test binary act as the reference worker, so worker
-// tests run a real process speaking the real protocol without a build step.
-const envRefworker = "HEARTH_TEST_REFWORKER"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(envRefworker) == "1" {
-		os.Exit(refworker.Main(os.Stdin, os.Stdout, os.Stderr, os.Args[1:]))
-	}
+	refworker.ServeIfTestChild()
 	os.Exit(m.Run())
 }
 
@@ -78,7 +72,7 @@ func newTestWorker(t *testing.T, capacity int64, args ...string) *Worker {
 	w, err := NewWorker(WorkerConfig{
 		Command: append([]string{os.Args[0]}, args...),
 		// The race detector's default 1 s pause at exit would slow every Close.
-		Env:           []string{envRefworker + "=1", "GORACE=atexit_sleep_ms=0"},
+		Env:           []string{refworker.TestChildEnv + "=1", "GORACE=atexit_sleep_ms=0"},
 		CapacityBytes: capacity,
 		Logger:        testLogger(t),
 		StartTimeout:  20 * time.Second,

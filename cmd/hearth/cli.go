@@ -116,18 +116,27 @@ func readSpecFile(path string) ([]byte, error) {
 	return json.Marshal(map[string]json.RawMessage{"workflow": b})
 }
 
-func runModel(args []string, stdout, stderr io.Writer) error {
+// lsClient checks that args is the "ls" subcommand of noun, parses its flags
+// and returns a client and a context bounding the call.
+func lsClient(noun string, args []string, stderr io.Writer) (*client.Client, context.Context, context.CancelFunc, error) {
 	if len(args) == 0 || args[0] != "ls" {
-		return usagef("model needs a subcommand: ls")
+		return nil, nil, nil, usagef("%s needs a subcommand: ls", noun)
 	}
-	fs := newFlags("model ls", stderr)
+	fs := newFlags(noun+" ls", stderr)
 	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
 	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return client.New(*addr, nil), ctx, cancel, nil
+}
+
+func runModel(args []string, stdout, stderr io.Writer) error {
+	api, ctx, cancel, err := lsClient("model", args, stderr)
+	if err != nil {
+		return err
+	}
 	defer cancel()
-	api := client.New(*addr, nil)
 	models, err := api.Models(ctx)
 	if err != nil {
 		return err
@@ -172,17 +181,12 @@ func holders(d proto.Digest, hosts []proto.HostView) string {
 }
 
 func runHost(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "ls" {
-		return usagef("host needs a subcommand: ls")
-	}
-	fs := newFlags("host ls", stderr)
-	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
-	if err := parseFlags(fs, args[1:]); err != nil {
+	api, ctx, cancel, err := lsClient("host", args, stderr)
+	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	hosts, err := client.New(*addr, nil).Hosts(ctx)
+	hosts, err := api.Hosts(ctx)
 	if err != nil {
 		return err
 	}

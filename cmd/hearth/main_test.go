@@ -12,16 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-gpu/hearth/agent/runner/refworker"
 	"github.com/hearth-gpu/hearth/examples"
 	"github.com/hearth-gpu/hearth/internal/devcluster"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
-// TestMain lets the test binary act as `hearth refworker` for the agent.
+// TestMain lets the test binary act as the reference worker for the agent.
 func TestMain(m *testing.M) {
-	if os.Getenv("HEARTH_TEST_REFWORKER") == "1" {
-		os.Exit(run(append([]string{"refworker"}, os.Args[1:]...), os.Stdout, os.Stderr))
-	}
+	refworker.ServeIfTestChild()
 	os.Exit(m.Run())
 }
 
@@ -95,7 +94,7 @@ func TestClientCommandsAgainstACluster(t *testing.T) {
 	defer cancel()
 	c, err := devcluster.Start(ctx, devcluster.Options{
 		DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		WorkerCommand: []string{os.Args[0]}, WorkerEnv: []string{"HEARTH_TEST_REFWORKER=1"},
+		WorkerCommand: []string{os.Args[0]}, WorkerEnv: []string{refworker.TestChildEnv + "=1"},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -20,11 +20,9 @@ import (
 
 // TestMain lets the test binary serve as the reference worker the agent
 // starts per slot: the agent re-executes this binary with
-// HEARTH_TEST_REFWORKER=1.
+// refworker.TestChildEnv set.
 func TestMain(m *testing.M) {
-	if os.Getenv("HEARTH_TEST_REFWORKER") == "1" {
-		os.Exit(refworker.Main(os.Stdin, os.Stdout, os.Stderr, os.Args[1:]))
-	}
+	refworker.ServeIfTestChild()
 	os.Exit(m.Run())
 }
 
@@ -36,7 +34,7 @@ func startCluster(t *testing.T) *Cluster {
 		DataDir:       t.TempDir(),
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		WorkerCommand: []string{os.Args[0], "--step-delay=20ms"},
-		WorkerEnv:     []string{"HEARTH_TEST_REFWORKER=1"},
+		WorkerEnv:     []string{refworker.TestChildEnv + "=1"},
 	})
 	if err != nil {
 		t.Fatal(err)
