@@ -51,7 +51,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := ValidateConfig(&cfg); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), api: client.New(cfg.CoordinatorURL, nil), jobs: make(map[string]*jobRun)}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), api: client.New(cfg.CoordinatorURL, nil).WithToken(cfg.Token), jobs: make(map[string]*jobRun)}
 	for _, d := range []string{cfg.resultsDir(), cfg.workDir()} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("agent: create %s: %w", d, err)

@@ -20,8 +20,12 @@ type Config struct {
 	// Addr is where peers and operators reach this agent (its blob server
 	// and metrics, default :7710); reported at registration.
 	Addr string
-	// CoordinatorURL is the API of any coordinator node.
+	// CoordinatorURL is the API of any coordinator node, or several,
+	// comma-separated: the agent moves to the next when one is unreachable.
 	CoordinatorURL string
+	// Token is the bearer token (agent scope) when the coordinators
+	// require auth.
+	Token string
 	// DataDir holds the blob cache (cache/), job outputs (results/) and
 	// per-job scratch (work/).
 	DataDir string

@@ -21,17 +21,28 @@ import (
 func (a *Agent) execute(j *jobRun, sl *slot) {
 	as := j.assignment
 	log := a.log.With("job", as.JobID, "gpu", sl.gpu, "slot", sl.index)
-	ctx := j.ctx
-	if ctx.Err() != nil {
+	if j.ctx.Err() != nil {
 		return // withdrawn while queued
 	}
+	// The spec's timeout bounds the attempt from pickup to the last report.
+	ctx := j.ctx
+	if as.Spec.TimeoutS > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(j.ctx, time.Duration(as.Spec.TimeoutS*float64(time.Second)))
+		defer cancel()
+	}
 	fail := func(stage string, err error) {
-		if ctx.Err() != nil && a.ctx.Err() == nil {
-			log.Info("job stopped", "stage", stage)
-			return // withdrawn: the coordinator already moved on
-		}
 		if a.ctx.Err() != nil {
 			return // shutting down; the coordinator requeues
+		}
+		if j.ctx.Err() != nil {
+			log.Info("job stopped", "stage", stage)
+			return // withdrawn (cancelled, or placed elsewhere): the coordinator already moved on
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			log.Warn("job timed out", "stage", stage, "timeout_s", as.Spec.TimeoutS)
+			a.report(as, proto.JobReport{State: proto.JobTimedOut, Error: fmt.Sprintf("%s: ran past timeout_s=%g", stage, as.Spec.TimeoutS)})
+			return
 		}
 		log.Warn("job failed", "stage", stage, "err", err)
 		a.report(as, proto.JobReport{State: proto.JobFailed, Error: fmt.Sprintf("%s: %v", stage, err)})

@@ -15,29 +15,59 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hearth-gpu/hearth/proto"
 )
 
-// Client talks to one coordinator's API.
+// Client talks to a coordinator cluster's API. Any node serves any request
+// (followers forward to the leader), so the client sticks to one node and
+// moves to the next only when that node cannot be reached.
 type Client struct {
-	base string
-	http *http.Client
+	bases []string
+	cur   atomic.Int64 // index into bases of the node in use
+	token string
+	http  *http.Client
 }
 
-// New returns a client for the API at base (e.g. "http://127.0.0.1:7700").
-// A nil hc uses a client without an overall timeout, since long-polls and
-// ?wait calls run long; pass contexts to bound calls.
+// New returns a client for the API at base (e.g. "http://127.0.0.1:7700"),
+// or at several nodes given as a comma-separated list. A nil hc uses a
+// client without an overall timeout, since long-polls and ?wait calls run
+// long; pass contexts to bound calls.
 func New(base string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}}
 	}
-	return &Client{base: strings.TrimSuffix(base, "/"), http: hc}
+	c := &Client{http: hc}
+	for _, b := range strings.Split(base, ",") {
+		if b = strings.TrimSuffix(strings.TrimSpace(b), "/"); b != "" {
+			c.bases = append(c.bases, b)
+		}
+	}
+	if len(c.bases) == 0 {
+		c.bases = []string{""}
+	}
+	return c
 }
 
-// Base returns the API's base URL.
-func (c *Client) Base() string { return c.base }
+// WithToken sets the bearer token sent with every request and returns c.
+func (c *Client) WithToken(token string) *Client {
+	c.token = token
+	return c
+}
+
+// Base returns the base URL of the node in use.
+func (c *Client) Base() string { return c.bases[int(c.cur.Load())%len(c.bases)] }
+
+// failover moves to the next node after a transport error on from. The
+// failed call is not retried here: only the caller knows whether it is
+// safe to repeat (a submit is, with an Idempotency-Key).
+func (c *Client) failover(from int64) {
+	if len(c.bases) > 1 {
+		c.cur.CompareAndSwap(from, (from+1)%int64(len(c.bases)))
+	}
+}
 
 // Error is an API error answer.
 type Error struct {
@@ -45,6 +75,8 @@ type Error struct {
 	Code    string
 	Message string
 	Field   string
+	// Leader is the leader's HTTP address when a node asked to retry there.
+	Leader string
 }
 
 func (e *Error) Error() string {
@@ -53,6 +85,15 @@ func (e *Error) Error() string {
 		s += " (field " + e.Field + ")"
 	}
 	return s
+}
+
+// decodeError turns an error answer into an *Error.
+func decodeError(status int, data []byte) *Error {
+	var ae proto.APIError
+	if json.Unmarshal(data, &ae) == nil && ae.Error.Code != "" {
+		return &Error{Status: status, Code: ae.Error.Code, Message: ae.Error.Message, Field: ae.Error.Field, Leader: ae.Error.Leader}
+	}
+	return &Error{Status: status, Code: "http_" + strconv.Itoa(status), Message: strings.TrimSpace(string(data))}
 }
 
 // IsCode reports whether err is an API error with the given code.
@@ -64,6 +105,11 @@ func IsCode(err error, code string) bool {
 // Do sends method path with body (JSON-encoded unless it is []byte or nil)
 // and decodes a 2xx answer into out (if non-nil). It returns the status.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) (int, error) {
+	return c.DoHeaders(ctx, method, path, nil, body, out)
+}
+
+// DoHeaders is Do with extra request headers.
+func (c *Client) DoHeaders(ctx context.Context, method, path string, hdr http.Header, body, out any) (int, error) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -76,16 +122,27 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) (in
 		}
 		rd = bytes.NewReader(buf)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	cur := c.cur.Load()
+	base := c.bases[int(cur)%len(c.bases)]
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return 0, fmt.Errorf("client: %s %s: %w", method, path, err)
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("client: %s %s: %w", method, path, err)
+		if ctx.Err() == nil {
+			c.failover(cur)
+		}
+		return 0, fmt.Errorf("client: %s %s: %w", method, base+path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
@@ -93,11 +150,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) (in
 		return resp.StatusCode, fmt.Errorf("client: read %s %s: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
-		var ae proto.APIError
-		if json.Unmarshal(data, &ae) == nil && ae.Error.Code != "" {
-			return resp.StatusCode, &Error{Status: resp.StatusCode, Code: ae.Error.Code, Message: ae.Error.Message, Field: ae.Error.Field}
-		}
-		return resp.StatusCode, &Error{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(data))}
+		return resp.StatusCode, decodeError(resp.StatusCode, data)
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
@@ -111,6 +164,51 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) (in
 func (c *Client) SubmitJob(ctx context.Context, spec *proto.JobSpec) (*proto.Job, error) {
 	var j proto.Job
 	_, err := c.Do(ctx, http.MethodPost, "/v1/jobs", spec, &j)
+	return &j, err
+}
+
+// SubmitOptions are the optional parts of a submission.
+type SubmitOptions struct {
+	// IdempotencyKey makes retrying the same submission safe: the
+	// coordinator answers a repeat with the first job.
+	IdempotencyKey string
+	// Wait asks the coordinator to hold the answer until the job finishes,
+	// up to this long (200 with the finished job), else answer 202.
+	Wait time.Duration
+}
+
+// Submit submits a spec (a *proto.JobSpec or raw JSON bytes) with options,
+// and returns the job and the answer's status (202, or 200 when it
+// finished within Wait).
+func (c *Client) Submit(ctx context.Context, spec any, opt SubmitOptions) (*proto.Job, int, error) {
+	var j proto.Job
+	p := "/v1/jobs"
+	if opt.Wait > 0 {
+		p += "?wait=" + url.QueryEscape(opt.Wait.String())
+	}
+	var hdr http.Header
+	if opt.IdempotencyKey != "" {
+		hdr = http.Header{"Idempotency-Key": {opt.IdempotencyKey}}
+	}
+	status, err := c.DoHeaders(ctx, http.MethodPost, p, hdr, spec, &j)
+	return &j, status, err
+}
+
+// Cancel cancels a job; reason is optional.
+func (c *Client) Cancel(ctx context.Context, id, reason string) (*proto.Job, error) {
+	var j proto.Job
+	var body any
+	if reason != "" {
+		body = map[string]string{"reason": reason}
+	}
+	_, err := c.Do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(id)+"/cancel", body, &j)
+	return &j, err
+}
+
+// Retry puts a failed, cancelled or timed-out job back in the queue.
+func (c *Client) Retry(ctx context.Context, id string) (*proto.Job, error) {
+	var j proto.Job
+	_, err := c.Do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(id)+"/retry", nil, &j)
 	return &j, err
 }
 

@@ -49,10 +49,22 @@ func (s *Server) handleHeartbeat(ctx *fasthttp.RequestCtx) (int, any, error) {
 	if err := checkProto(b.Proto); err != nil {
 		return 0, nil, err
 	}
-	if _, ok := s.fsm.Host(b.HostID); !ok {
+	h, ok := s.fsm.Host(b.HostID)
+	if !ok {
 		return 0, nil, fmt.Errorf("%w: %q", ErrHostNotFound, b.HostID)
 	}
 	s.hosts.record(b)
+	if h.DownAt != nil {
+		// The host is back. Registering it again brings it up; the jobs it
+		// lost were requeued with new epochs, so whatever it still runs
+		// from before is refused as stale and withdrawn by its reconcile.
+		up := *h
+		up.RegisteredAt = s.cfg.Now().UTC()
+		if _, err := s.propose(&proto.RegisterHost{Host: up}); err != nil {
+			return 0, nil, err
+		}
+		s.log.Info("host back up", "host", h.ID, "was_down_since", h.DownAt)
+	}
 	s.sched.poke()
 	return http.StatusOK, map[string]uint64{"index": s.fsm.Index()}, nil
 }

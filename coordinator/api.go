@@ -31,35 +31,79 @@ func (s *Server) wrap(h handlerFunc) fasthttp.RequestHandler {
 		status, v, err := h(ctx)
 		if err != nil {
 			ae := toAPIError(err)
-			if ae.Status >= 500 && ae.Code != "shutting_down" {
+			if ae.Status >= 500 && ae.Code != "shutting_down" && !leadershipCodes[ae.Code] {
 				s.log.Warn("request failed", "method", string(ctx.Method()), "path", string(ctx.Path()), "err", err)
 			}
-			writeError(ctx, ae)
+			s.writeAPIError(ctx, ae)
 			return
 		}
 		writeJSON(ctx, status, v)
 	}
 }
 
+// authed checks the bearer token's scope before h runs.
+func (s *Server) authed(scope Scope, h fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if err := s.auth.check(ctx, scope); err != nil {
+			writeError(ctx, err)
+			return
+		}
+		h(ctx)
+	}
+}
+
+// Where a route is served: on the leader (forwarded from other nodes) or on
+// whichever node got it.
+const (
+	onLeader  = true
+	onAnyNode = false
+)
+
 func (s *Server) newHTTPServer() *fasthttp.Server {
 	r := router.New()
-	r.POST("/v1/jobs", s.wrap(s.handleSubmit))
-	r.GET("/v1/jobs", s.wrap(s.handleListJobs))
-	r.GET("/v1/jobs/{id}", s.wrap(s.handleGetJob))
-	r.GET("/v1/hosts", s.wrap(s.handleListHosts))
-	r.GET("/v1/models", s.wrap(s.handleListModels))
-	r.GET("/v1/models/{name:*}", s.wrap(s.handleGetModel))
-	r.PUT("/v1/models/{name:*}", s.wrap(s.handlePutModel))
-	r.GET("/v1/cluster", s.wrap(s.handleCluster))
-	r.POST("/v1/agent/register", s.wrap(s.handleRegister))
-	r.POST("/v1/agent/heartbeat", s.wrap(s.handleHeartbeat))
-	r.GET("/v1/agent/assignments", s.wrap(s.handleAssignments))
-	r.POST("/v1/agent/report", s.wrap(s.handleReport))
-	r.GET("/healthz", s.wrap(func(*fasthttp.RequestCtx) (int, any, error) {
+	route := func(method, path string, scope Scope, leader bool, h fasthttp.RequestHandler) {
+		if leader {
+			h = s.leaderRoute(h)
+		}
+		r.Handle(method, path, s.authed(scope, h))
+	}
+	api := func(method, path string, scope Scope, leader bool, h handlerFunc) {
+		route(method, path, scope, leader, s.wrap(h))
+	}
+	api("POST", "/v1/jobs", ScopeSubmit, onLeader, s.handleSubmit)
+	api("GET", "/v1/jobs", ScopeRead, onLeader, s.handleListJobs)
+	api("GET", "/v1/jobs/{id}", ScopeRead, onLeader, s.handleGetJob)
+	api("POST", "/v1/jobs/{id}/cancel", ScopeSubmit, onLeader, s.handleCancel)
+	api("POST", "/v1/jobs/{id}/retry", ScopeSubmit, onLeader, s.handleRetry)
+	// Every node applies the same log and so emits the same events: streams
+	// are served where they are asked for.
+	route("GET", "/v1/jobs/{id}/events", ScopeRead, onAnyNode, s.handleJobEvents)
+	route("GET", "/v1/events", ScopeRead, onAnyNode, s.handleAllEvents)
+	api("GET", "/v1/hosts", ScopeRead, onLeader, s.handleListHosts)
+	api("GET", "/v1/models", ScopeRead, onLeader, s.handleListModels)
+	api("GET", "/v1/models/{name:*}", ScopeRead, onLeader, s.handleGetModel)
+	api("PUT", "/v1/models/{name:*}", ScopeAdmin, onLeader, s.handlePutModel)
+	api("GET", "/v1/cluster", ScopeRead, onAnyNode, s.handleCluster)
+	api("GET", "/v1/operator/raft/peers", ScopeRead, onAnyNode, s.handleCluster)
+	api("GET", "/v1/operator/raft/self", ScopeAdmin, onAnyNode, s.handleSelf)
+	api("POST", "/v1/operator/raft/join", ScopeAdmin, onLeader, s.handleJoin)
+	api("POST", "/v1/operator/raft/remove-peer", ScopeAdmin, onLeader, s.handleRemovePeer)
+	api("POST", "/v1/agent/register", ScopeAgent, onLeader, s.handleRegister)
+	api("POST", "/v1/agent/heartbeat", ScopeAgent, onLeader, s.handleHeartbeat)
+	api("GET", "/v1/agent/assignments", ScopeAgent, onLeader, s.handleAssignments)
+	api("POST", "/v1/agent/report", ScopeAgent, onLeader, s.handleReport)
+	healthScope, metricsScope := scopeNone, scopeNone
+	if !s.cfg.OpenHealth {
+		healthScope = ScopeRead
+	}
+	if !s.cfg.OpenMetrics {
+		metricsScope = ScopeRead
+	}
+	api("GET", "/healthz", healthScope, onAnyNode, func(*fasthttp.RequestCtx) (int, any, error) {
 		return http.StatusOK, map[string]string{"status": "ok"}, nil
-	}))
-	r.GET("/readyz", s.wrap(s.handleReady))
-	r.GET("/metrics", fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
+	})
+	api("GET", "/readyz", healthScope, onAnyNode, s.handleReady)
+	route("GET", "/metrics", metricsScope, onAnyNode, fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
 	r.NotFound = s.wrap(func(ctx *fasthttp.RequestCtx) (int, any, error) {
 		return 0, nil, &apiError{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("no route for %s %s", ctx.Method(), ctx.Path())}
 	})
@@ -209,31 +253,45 @@ type ClusterStatus struct {
 	LastIndex    uint64                 `json:"last_index"`
 	CommitIndex  uint64                 `json:"commit_index"`
 	AppliedIndex uint64                 `json:"applied_index"`
+	Term         uint64                 `json:"term"`
 	Jobs         map[proto.JobState]int `json:"jobs"`
 }
 
 // ClusterMember names one Raft server.
 type ClusterMember struct {
-	ID      string `json:"id"`
-	Address string `json:"address"`
+	ID       string `json:"id"`
+	Address  string `json:"address"` // Raft
+	HTTPAddr string `json:"http_addr,omitempty"`
+	Suffrage string `json:"suffrage,omitempty"`
 }
 
 func (s *Server) handleCluster(*fasthttp.RequestCtx) (int, any, error) {
+	return http.StatusOK, s.clusterStatus(), nil
+}
+
+func (s *Server) clusterStatus() ClusterStatus {
 	r := s.raft.raft
 	addr, id := r.LeaderWithID()
 	st := ClusterStatus{
 		NodeID: s.cfg.NodeID, State: r.State().String(),
 		Leader:    ClusterMember{ID: string(id), Address: string(addr)},
 		LastIndex: r.LastIndex(), AppliedIndex: r.AppliedIndex(), Jobs: s.fsm.Counts(),
-		Voters: []ClusterMember{},
+		Voters: []ClusterMember{}, Term: r.CurrentTerm(),
 	}
 	st.CommitIndex, _ = strconv.ParseUint(r.Stats()["commit_index"], 10, 64)
 	if f := r.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
-			st.Voters = append(st.Voters, ClusterMember{ID: string(srv.ID), Address: string(srv.Address)})
+			m := ClusterMember{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()}
+			if co, ok := s.fsm.Coordinator(m.ID); ok {
+				m.HTTPAddr = co.HTTPAddr
+			}
+			st.Voters = append(st.Voters, m)
 		}
 	}
-	return http.StatusOK, st, nil
+	if co, ok := s.fsm.Coordinator(st.Leader.ID); ok {
+		st.Leader.HTTPAddr = co.HTTPAddr
+	}
+	return st
 }
 
 func (s *Server) handleReady(*fasthttp.RequestCtx) (int, any, error) {
@@ -296,4 +354,41 @@ type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
 	l.log.Debug("http: " + fmt.Sprintf(format, args...))
+}
+
+// cancelBody is the optional body of POST /v1/jobs/{id}/cancel.
+type cancelBody struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+func (s *Server) handleCancel(ctx *fasthttp.RequestCtx) (int, any, error) {
+	id, _ := ctx.UserValue("id").(string)
+	var b cancelBody
+	if len(ctx.PostBody()) > 0 {
+		if err := decodeStrict(ctx.PostBody(), &b); err != nil {
+			return 0, nil, err
+		}
+	}
+	if len(b.Reason) > 1024 {
+		return 0, nil, errBadRequest("invalid_field", "reason", "reason must be at most 1024 bytes")
+	}
+	reason := "cancelled by request"
+	if b.Reason != "" {
+		reason = "cancelled: " + b.Reason
+	}
+	res, err := s.propose(&proto.CancelJob{JobID: id, Reason: reason, Time: s.cfg.Now().UTC()})
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, res, nil
+}
+
+func (s *Server) handleRetry(ctx *fasthttp.RequestCtx) (int, any, error) {
+	id, _ := ctx.UserValue("id").(string)
+	res, err := s.propose(&proto.RetryJob{JobID: id, Time: s.cfg.Now().UTC()})
+	if err != nil {
+		return 0, nil, err
+	}
+	ctx.Response.Header.Set("Location", "/v1/jobs/"+id)
+	return http.StatusAccepted, res, nil
 }

@@ -20,9 +20,13 @@ type apiError struct {
 	Code    string
 	Message string
 	Field   string
+	Leader  string // the leader's HTTP address, on answers that ask to retry there
 }
 
 func (e *apiError) Error() string { return e.Message }
+
+// leadershipCodes are the answers of a node that cannot serve a write now.
+var leadershipCodes = map[string]bool{"not_leader": true, "no_leader": true, "leader_unreachable": true}
 
 func errBadRequest(code, field, format string, args ...any) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: code, Field: field, Message: fmt.Sprintf(format, args...)}
@@ -41,7 +45,11 @@ func toAPIError(err error) *apiError {
 	case errors.As(err, &fe):
 		return &apiError{Status: http.StatusBadRequest, Code: "invalid_field", Field: fe.Field, Message: fe.Message}
 	case errors.Is(err, ErrNotLeader):
-		return &apiError{Status: http.StatusServiceUnavailable, Code: "not_leader", Message: err.Error() + "; retry against the leader (GET /v1/cluster names it)"}
+		return &apiError{Status: http.StatusServiceUnavailable, Code: "not_leader", Message: err.Error() + "; retry shortly (GET /v1/cluster names the leader)"}
+	case errors.Is(err, ErrIdempotencyConflict):
+		return &apiError{Status: http.StatusConflict, Code: "idempotency_conflict", Field: "Idempotency-Key", Message: err.Error() + "; use a new key for a different request"}
+	case errors.Is(err, ErrHostDown):
+		return &apiError{Status: http.StatusConflict, Code: "host_down", Message: err.Error()}
 	case errors.Is(err, ErrJobNotFound):
 		return &apiError{Status: http.StatusNotFound, Code: "job_not_found", Message: err.Error()}
 	case errors.Is(err, ErrHostNotFound):
@@ -69,7 +77,22 @@ func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 
 func writeError(ctx *fasthttp.RequestCtx, err error) {
 	ae := toAPIError(err)
-	writeJSON(ctx, ae.Status, proto.APIError{Error: proto.ErrorBody{Code: ae.Code, Message: ae.Message, Field: ae.Field}})
+	if ae.Leader != "" {
+		ctx.Response.Header.Set(leaderHeader, ae.Leader)
+	}
+	writeJSON(ctx, ae.Status, proto.APIError{Error: proto.ErrorBody{Code: ae.Code, Message: ae.Message, Field: ae.Field, Leader: ae.Leader}})
+}
+
+// writeAPIError writes err, adding the leader hint to answers that ask the
+// client to retry elsewhere.
+func (s *Server) writeAPIError(ctx *fasthttp.RequestCtx, err error) {
+	ae := toAPIError(err)
+	if leadershipCodes[ae.Code] && ae.Leader == "" {
+		c := *ae
+		c.Leader = s.leaderHint()
+		ae = &c
+	}
+	writeError(ctx, ae)
 }
 
 // decodeStrict decodes one JSON value into v, refusing unknown fields and

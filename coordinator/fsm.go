@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -8,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -15,8 +17,9 @@ import (
 )
 
 // The FSM is the coordinator's replicated state: jobs, the model catalog,
-// host registrations and placements (an assignment is a job's live
-// placement, so assignments are derived from jobs rather than stored twice).
+// host registrations, coordinator addresses and idempotency keys
+// (assignments are a job's live placement and webhook deliveries live on
+// their job, so neither is stored twice).
 //
 // Concurrency contract. hashicorp/raft calls Apply, Snapshot and Restore from
 // one goroutine, never concurrently with each other. HTTP handlers, the
@@ -28,30 +31,58 @@ import (
 // values, before it releases the lock and serialises at leisure.
 //
 // Determinism. Apply uses only what the entry carries: the leader stamps ids
-// and times into a command before proposing it, and epochs come from the log
-// index. Every replica thus reaches the same state from the same log.
+// and times into a command before proposing it, and epochs and event ids
+// come from the log index. Every replica thus reaches the same state, and
+// emits the same events, from the same log.
 //
 // Watching. Every Apply closes the current `changed` channel and makes a new
 // one, so a long-poll can wait for "anything after index N" without polling.
+// The events an entry caused go to onEvents after mu is released.
 type FSM struct {
-	mu      sync.RWMutex
-	jobs    map[string]*proto.Job
-	models  map[string]*proto.Model
-	hosts   map[string]*proto.Host
+	mu     sync.RWMutex
+	jobs   map[string]*proto.Job
+	live   map[string]struct{} // ids of jobs not yet terminal: the scheduler's working set
+	hooks  map[string]struct{} // ids of jobs with a pending webhook delivery
+	idem   map[string]idemEntry
+	models map[string]*proto.Model
+	hosts  map[string]*proto.Host
+	coords map[string]*proto.Coordinator
+
 	index   uint64 // last applied log index
 	changed chan struct{}
+	events  []proto.JobEvent // emitted by the entry being applied
 
 	// onApply, if set, is called after each applied command outside mu; the
 	// server uses it to wake the scheduler and count metrics.
 	onApply func(proto.Command, any)
+	// onEvents, if set, receives each entry's events outside mu, in order.
+	onEvents func([]proto.JobEvent)
 }
+
+// idemEntry remembers which job an Idempotency-Key created, and from which
+// request body.
+type idemEntry struct {
+	Key   string    `json:"key"`
+	JobID string    `json:"job_id"`
+	Hash  string    `json:"hash"`
+	At    time.Time `json:"at"`
+}
+
+// IdempotencyWindow is how long an Idempotency-Key is remembered. The check
+// compares the key's age with the time in the entry being applied, so every
+// replica agrees on it whatever its own clock says.
+const IdempotencyWindow = 24 * time.Hour
 
 // NewFSM returns an empty state machine.
 func NewFSM() *FSM {
 	return &FSM{
 		jobs:    make(map[string]*proto.Job),
+		live:    make(map[string]struct{}),
+		hooks:   make(map[string]struct{}),
+		idem:    make(map[string]idemEntry),
 		models:  make(map[string]*proto.Model),
 		hosts:   make(map[string]*proto.Host),
+		coords:  make(map[string]*proto.Coordinator),
 		changed: make(chan struct{}),
 	}
 }
@@ -60,12 +91,28 @@ func NewFSM() *FSM {
 // failures of the log: the entry is committed and every replica refuses it
 // the same way.
 var (
-	ErrJobExists     = errors.New("coordinator: job already exists")
-	ErrJobNotFound   = errors.New("coordinator: job not found")
-	ErrStaleEpoch    = errors.New("coordinator: report from a stale placement")
-	ErrBadTransition = errors.New("coordinator: job state transition not allowed")
-	ErrHostNotFound  = errors.New("coordinator: host not registered")
+	ErrJobExists           = errors.New("coordinator: job already exists")
+	ErrJobNotFound         = errors.New("coordinator: job not found")
+	ErrStaleEpoch          = errors.New("coordinator: report from a stale placement")
+	ErrBadTransition       = errors.New("coordinator: job state transition not allowed")
+	ErrHostNotFound        = errors.New("coordinator: host not registered")
+	ErrHostDown            = errors.New("coordinator: host is down")
+	ErrIdempotencyConflict = errors.New("coordinator: Idempotency-Key was used with a different request")
 )
+
+// SubmitResult is the FSM's answer for one job of a SubmitJobs batch.
+type SubmitResult struct {
+	Job *proto.Job
+	// Existing is set when an Idempotency-Key matched an earlier job.
+	Existing bool
+	Err      error
+}
+
+// PlaceResult is the FSM's answer for one placement of a PlaceJobs batch.
+type PlaceResult struct {
+	Job *proto.Job
+	Err error
+}
 
 // Apply implements raft.FSM.
 func (f *FSM) Apply(l *raft.Log) any {
@@ -82,10 +129,15 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return fmt.Errorf("coordinator: apply index %d: %w", l.Index, err)
 	}
 	f.mu.Lock()
+	f.events = nil
 	res := f.apply(l.Index, cmd)
 	f.advance(l.Index)
-	cb := f.onApply
+	cb, ecb, evs := f.onApply, f.onEvents, f.events
+	f.events = nil
 	f.mu.Unlock()
+	if ecb != nil && len(evs) > 0 {
+		ecb(evs)
+	}
 	if cb != nil {
 		cb(cmd, res)
 	}
@@ -109,56 +161,163 @@ func (f *FSM) apply(index uint64, cmd proto.Command) any {
 		f.models[m.Name] = &m
 		return &m
 	case *proto.SubmitJob:
-		if _, ok := f.jobs[c.Job.ID]; ok {
-			return fmt.Errorf("%w: %s", ErrJobExists, c.Job.ID)
+		r := f.applySubmit(index, &proto.SubmitItem{Job: c.Job})
+		if r.Err != nil {
+			return r.Err
 		}
-		j := c.Job.Clone()
-		j.State = proto.JobQueued
-		j.Index = index
-		f.jobs[j.ID] = j
-		return j
+		return r.Job
+	case *proto.SubmitJobs:
+		out := make([]SubmitResult, len(c.Items))
+		for i := range c.Items {
+			out[i] = f.applySubmit(index, &c.Items[i])
+		}
+		return out
 	case *proto.RegisterHost:
 		h := c.Host
 		h.Index = index
+		h.DownAt, h.DownReason = nil, ""
 		f.hosts[h.ID] = &h
 		return &h
 	case *proto.PlaceJob:
-		return f.applyPlace(index, c)
+		r := f.applyPlace(index, 0, c)
+		if r.Err != nil {
+			return r.Err
+		}
+		return r.Job
+	case *proto.PlaceJobs:
+		out := make([]PlaceResult, len(c.Items))
+		for i := range c.Items {
+			out[i] = f.applyPlace(index, i, &c.Items[i])
+		}
+		return out
 	case *proto.ReportJob:
 		return f.applyReport(index, &c.Report)
+	case *proto.CancelJob:
+		return f.applyCancel(index, c)
+	case *proto.RetryJob:
+		return f.applyRetry(index, c)
+	case *proto.MarkHostDown:
+		return f.applyHostDown(index, c)
+	case *proto.TimeoutJobs:
+		return f.applyTimeouts(index, c)
+	case *proto.WebhookResults:
+		return f.applyWebhookResults(index, c)
+	case *proto.SetCoordinator:
+		co := c.Coordinator
+		f.coords[co.ID] = &co
+		return &co
 	}
 	return fmt.Errorf("coordinator: apply index %d: no handler for %v", index, cmd.CommandType())
 }
 
-func (f *FSM) applyPlace(index uint64, c *proto.PlaceJob) any {
+// emit records an event of j and appends it to j's history (progress is
+// streamed but not kept). j must be the FSM's fresh clone.
+func (f *FSM) emit(index uint64, j *proto.Job, ev proto.JobEvent) {
+	ev.ID = proto.EventID(index, len(f.events))
+	ev.JobID = j.ID
+	if ev.Type != proto.EventProgress {
+		j.History = append(j.History, ev)
+	}
+	f.events = append(f.events, ev)
+}
+
+// store saves j and keeps the live-job index in step with its state.
+func (f *FSM) store(index uint64, j *proto.Job) {
+	j.Index = index
+	f.jobs[j.ID] = j
+	if j.State.Terminal() {
+		delete(f.live, j.ID)
+	} else {
+		f.live[j.ID] = struct{}{}
+	}
+}
+
+// setState moves j to state at t, emits the event and, for a terminal
+// state, finishes it: the finish time and a webhook delivery if the job
+// asked for one.
+func (f *FSM) setState(index uint64, j *proto.Job, state proto.JobState, t time.Time, errMsg string) {
+	j.State = state
+	if errMsg != "" {
+		j.Error = errMsg
+	}
+	f.emit(index, j, proto.JobEvent{Type: proto.EventState, Time: t, State: state, Attempt: j.Attempts, Error: errMsg})
+	if !state.Terminal() {
+		return
+	}
+	j.FinishedAt = &t
+	if j.Spec.Webhook != "" {
+		j.Webhooks = append(j.Webhooks, proto.WebhookDelivery{
+			ID: fmt.Sprintf("msg_%s_%d", j.ID, index), URL: j.Spec.Webhook, Event: "job." + string(state),
+			State: proto.DeliveryPending, CreatedAt: t, NextAt: t,
+		})
+		f.hooks[j.ID] = struct{}{}
+	}
+}
+
+func (f *FSM) applySubmit(index uint64, it *proto.SubmitItem) SubmitResult {
+	job := &it.Job
+	now := job.SubmittedAt
+	if key := job.IdempotencyKey; key != "" {
+		if e, ok := f.idem[key]; ok && now.Sub(e.At) < IdempotencyWindow {
+			if e.Hash != it.RequestHash {
+				return SubmitResult{Err: fmt.Errorf("%w: key %q made job %s", ErrIdempotencyConflict, key, e.JobID)}
+			}
+			if j, ok := f.jobs[e.JobID]; ok {
+				return SubmitResult{Job: j, Existing: true}
+			}
+		}
+	}
+	if _, ok := f.jobs[job.ID]; ok {
+		return SubmitResult{Err: fmt.Errorf("%w: %s", ErrJobExists, job.ID)}
+	}
+	j := job.Clone()
+	j.History = nil
+	f.setState(index, j, proto.JobQueued, now, "")
+	f.store(index, j)
+	if key := job.IdempotencyKey; key != "" {
+		f.idem[key] = idemEntry{Key: key, JobID: j.ID, Hash: it.RequestHash, At: now}
+	}
+	return SubmitResult{Job: j}
+}
+
+// applyPlace records the seq-th placement of the entry at index. Its epoch
+// is the pair as one number (index<<16 | seq, the same shape as event
+// ids): distinct for every placement ever made, and ordered as the
+// scheduler decided, even among the placements of one pass.
+func (f *FSM) applyPlace(index uint64, seq int, c *proto.PlaceJob) PlaceResult {
 	old, ok := f.jobs[c.JobID]
 	if !ok {
-		return fmt.Errorf("%w: %s", ErrJobNotFound, c.JobID)
+		return PlaceResult{Err: fmt.Errorf("%w: %s", ErrJobNotFound, c.JobID)}
 	}
 	if old.State != proto.JobQueued {
-		return fmt.Errorf("%w: place a %s job", ErrBadTransition, old.State)
+		return PlaceResult{Err: fmt.Errorf("%w: place a %s job", ErrBadTransition, old.State)}
 	}
-	if _, ok := f.hosts[c.Placement.Host]; !ok {
-		return fmt.Errorf("%w: %s", ErrHostNotFound, c.Placement.Host)
+	h, ok := f.hosts[c.Placement.Host]
+	if !ok {
+		return PlaceResult{Err: fmt.Errorf("%w: %s", ErrHostNotFound, c.Placement.Host)}
+	}
+	if h.DownAt != nil {
+		return PlaceResult{Err: fmt.Errorf("%w: %s", ErrHostDown, h.ID)}
 	}
 	j := old.Clone()
 	p := c.Placement
-	p.Epoch = index
+	p.Epoch = proto.EventID(index, seq)
 	p.Models = slices.Clone(p.Models)
 	j.Placement = &p
-	j.State = proto.JobPlaced
 	j.Attempts++
 	j.Progress = nil
-	j.Index = index
-	f.jobs[j.ID] = j
-	return j
+	j.NotBefore = nil
+	f.emit(index, j, proto.JobEvent{Type: proto.EventPlacement, Time: p.PlacedAt, Attempt: j.Attempts, Placement: &p})
+	f.setState(index, j, proto.JobPlaced, p.PlacedAt, "")
+	f.store(index, j)
+	return PlaceResult{Job: j}
 }
 
 // stateOrder ranks the forward path of a job; reports may only move forward.
 var stateOrder = map[proto.JobState]int{
 	proto.JobQueued: 0, proto.JobPlaced: 1, proto.JobFetching: 2, proto.JobLoading: 3,
 	proto.JobRunning: 4, proto.JobUploading: 5,
-	proto.JobSucceeded: 6, proto.JobFailed: 6, proto.JobCancelled: 6,
+	proto.JobSucceeded: 6, proto.JobFailed: 6, proto.JobCancelled: 6, proto.JobTimedOut: 6,
 }
 
 func (f *FSM) applyReport(index uint64, r *proto.JobReport) any {
@@ -173,11 +332,10 @@ func (f *FSM) applyReport(index uint64, r *proto.JobReport) any {
 		return fmt.Errorf("%w: %s → %s", ErrBadTransition, old.State, r.State)
 	}
 	j := old.Clone()
-	j.State = r.State
-	j.Index = index
 	if r.Progress != nil {
 		p := *r.Progress
 		j.Progress = &p
+		f.emit(index, j, proto.JobEvent{Type: proto.EventProgress, Time: r.Time, Attempt: j.Attempts, Progress: &p})
 	}
 	if j.StartedAt == nil && stateOrder[r.State] >= stateOrder[proto.JobFetching] {
 		t := r.Time
@@ -192,15 +350,172 @@ func (f *FSM) applyReport(index uint64, r *proto.JobReport) any {
 	if len(r.Outputs) > 0 {
 		j.Outputs = slices.Clone(r.Outputs)
 	}
-	if r.Error != "" {
+	if r.State != old.State {
+		f.setState(index, j, r.State, r.Time, r.Error)
+	} else if r.Error != "" {
 		j.Error = r.Error
 	}
-	if r.State.Terminal() {
-		t := r.Time
-		j.FinishedAt = &t
-	}
-	f.jobs[j.ID] = j
+	f.store(index, j)
 	return j
+}
+
+func (f *FSM) applyCancel(index uint64, c *proto.CancelJob) any {
+	old, ok := f.jobs[c.JobID]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrJobNotFound, c.JobID)
+	}
+	if old.State.Terminal() {
+		return fmt.Errorf("%w: job %s already %s", ErrBadTransition, old.ID, old.State)
+	}
+	j := old.Clone()
+	f.setState(index, j, proto.JobCancelled, c.Time, cmp.Or(c.Reason, "cancelled by request"))
+	f.store(index, j)
+	return j
+}
+
+func (f *FSM) applyRetry(index uint64, c *proto.RetryJob) any {
+	old, ok := f.jobs[c.JobID]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrJobNotFound, c.JobID)
+	}
+	if !old.State.Terminal() || old.State == proto.JobSucceeded {
+		return fmt.Errorf("%w: only a failed, cancelled or timed-out job can be retried; job %s is %s", ErrBadTransition, old.ID, old.State)
+	}
+	j := old.Clone()
+	j.Attempts, j.Retries = 0, j.Retries+1
+	j.Placement, j.Progress, j.NotBefore = nil, nil, nil
+	j.StartedAt, j.FinishedAt = nil, nil
+	j.Error, j.Outputs, j.LoadS, j.RunS = "", nil, 0, 0
+	f.setState(index, j, proto.JobQueued, c.Time, "")
+	f.store(index, j)
+	return j
+}
+
+// HostDownResult says what marking a host down did to its jobs.
+type HostDownResult struct {
+	Requeued []string
+	Failed   []string
+}
+
+func (f *FSM) applyHostDown(index uint64, c *proto.MarkHostDown) any {
+	old, ok := f.hosts[c.HostID]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrHostNotFound, c.HostID)
+	}
+	h := *old
+	t := c.Time
+	h.DownAt, h.DownReason, h.Index = &t, c.Reason, index
+	f.hosts[h.ID] = &h
+	var res HostDownResult
+	for _, id := range slices.Sorted(maps.Keys(f.live)) {
+		j := f.jobs[id]
+		if j.State == proto.JobQueued || j.Placement == nil || j.Placement.Host != h.ID {
+			continue
+		}
+		j = j.Clone()
+		why := fmt.Sprintf("attempt %d lost: host %s went down (%s)", j.Attempts, h.ID, c.Reason)
+		if j.Attempts >= maxAttempts(j) {
+			f.setState(index, j, proto.JobFailed, t, fmt.Sprintf("%s; gave up after %d attempts", why, j.Attempts))
+			res.Failed = append(res.Failed, j.ID)
+		} else {
+			delay := c.Backoff << min(j.Attempts-1, 30)
+			if delay <= 0 || delay > c.BackoffMax {
+				delay = c.BackoffMax
+			}
+			nb := t.Add(delay)
+			j.NotBefore = &nb
+			j.Placement, j.Progress = nil, nil
+			f.setState(index, j, proto.JobQueued, t, why)
+			j.Error = ""
+			res.Requeued = append(res.Requeued, j.ID)
+		}
+		f.store(index, j)
+	}
+	return &res
+}
+
+// DefaultMaxAttempts is a job's placement budget when its spec sets none.
+const DefaultMaxAttempts = 3
+
+func maxAttempts(j *proto.Job) int {
+	if j.Spec.MaxAttempts > 0 {
+		return j.Spec.MaxAttempts
+	}
+	return DefaultMaxAttempts
+}
+
+func (f *FSM) applyTimeouts(index uint64, c *proto.TimeoutJobs) any {
+	var ended []string
+	for _, it := range c.Items {
+		old, ok := f.jobs[it.JobID]
+		if !ok || old.State.Terminal() {
+			continue
+		}
+		if it.Epoch == 0 && old.State != proto.JobQueued {
+			continue // placed since the leader looked
+		}
+		if it.Epoch != 0 && (old.Placement == nil || old.Placement.Epoch != it.Epoch) {
+			continue // a newer attempt
+		}
+		j := old.Clone()
+		f.setState(index, j, proto.JobTimedOut, c.Time, it.Reason)
+		f.store(index, j)
+		ended = append(ended, j.ID)
+	}
+	return ended
+}
+
+func (f *FSM) applyWebhookResults(index uint64, c *proto.WebhookResults) any {
+	n := 0
+	for _, r := range c.Results {
+		old, ok := f.jobs[r.JobID]
+		if !ok {
+			continue
+		}
+		i := slices.IndexFunc(old.Webhooks, func(d proto.WebhookDelivery) bool { return d.ID == r.DeliveryID })
+		if i < 0 || old.Webhooks[i].State != proto.DeliveryPending || old.Webhooks[i].Attempts != r.Attempt {
+			continue // another leader's attempt already counted
+		}
+		j := old.Clone()
+		d := &j.Webhooks[i]
+		d.Attempts++
+		d.LastStatus, d.LastError = r.Status, r.Error
+		switch {
+		case r.Delivered:
+			d.State, d.LastError = proto.DeliveryDelivered, ""
+		case r.GiveUp:
+			d.State = proto.DeliveryFailed
+		default:
+			d.NextAt = r.NextAt
+		}
+		if d.State != proto.DeliveryPending {
+			t := r.Time
+			d.DoneAt = &t
+		}
+		if !slices.ContainsFunc(j.Webhooks, func(d proto.WebhookDelivery) bool { return d.State == proto.DeliveryPending }) {
+			delete(f.hooks, j.ID)
+		}
+		// Not f.store: delivery bookkeeping is not a change of the job.
+		f.jobs[j.ID] = j
+		n++
+	}
+	return n
+}
+
+// Idempotent looks up an Idempotency-Key at time now: the job it made if
+// hash matches that request, ErrIdempotencyConflict if it does not, nil if
+// the key is unknown or older than IdempotencyWindow.
+func (f *FSM) Idempotent(key, hash string, now time.Time) (*proto.Job, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.idem[key]
+	if !ok || now.Sub(e.At) >= IdempotencyWindow {
+		return nil, nil
+	}
+	if e.Hash != hash {
+		return nil, fmt.Errorf("%w: key %q made job %s", ErrIdempotencyConflict, key, e.JobID)
+	}
+	return f.jobs[e.JobID], nil
 }
 
 // Index returns the last applied log index.
@@ -270,13 +585,30 @@ func (f *FSM) Jobs(q JobFilter) []*proto.Job {
 func (f *FSM) ActiveJobs() []*proto.Job {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []*proto.Job
-	for _, j := range f.jobs {
-		if !j.State.Terminal() {
-			out = append(out, j)
-		}
+	out := make([]*proto.Job, 0, len(f.live))
+	for id := range f.live {
+		out = append(out, f.jobs[id])
 	}
 	return out
+}
+
+// PendingWebhooks returns the jobs that have a webhook delivery pending.
+func (f *FSM) PendingWebhooks() []*proto.Job {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*proto.Job, 0, len(f.hooks))
+	for id := range f.hooks {
+		out = append(out, f.jobs[id])
+	}
+	return out
+}
+
+// Coordinator returns a coordinator node's addresses by Raft id.
+func (f *FSM) Coordinator(id string) (*proto.Coordinator, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c, ok := f.coords[id]
+	return c, ok
 }
 
 // Assignments returns the live placements on host as assignments.
@@ -284,8 +616,9 @@ func (f *FSM) Assignments(host string) []proto.Assignment {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []proto.Assignment
-	for _, j := range f.jobs {
-		if j.State.Terminal() || j.Placement == nil || j.Placement.Host != host {
+	for id := range f.live {
+		j := f.jobs[id]
+		if j.Placement == nil || j.Placement.Host != host {
 			continue
 		}
 		out = append(out, proto.Assignment{

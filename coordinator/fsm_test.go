@@ -55,7 +55,7 @@ func seededFSM(t *testing.T) *fsmHarness {
 func TestFSMJobLifecycle(t *testing.T) {
 	h := seededFSM(t)
 	placed := h.mustJob(&proto.PlaceJob{JobID: "j1", Placement: proto.Placement{Host: "h1", Slot: 1, Models: []proto.ModelPlacement{{Tier: proto.TierOrigin}}}})
-	if placed.State != proto.JobPlaced || placed.Attempts != 1 || placed.Placement.Epoch != h.index {
+	if placed.State != proto.JobPlaced || placed.Attempts != 1 || proto.EventIndex(placed.Placement.Epoch) != h.index {
 		t.Fatalf("after place: state %s attempts %d epoch %d (index %d)", placed.State, placed.Attempts, placed.Placement.Epoch, h.index)
 	}
 	epoch := placed.Placement.Epoch

@@ -1,6 +1,10 @@
 package coordinator
 
 import (
+	"strconv"
+	"strings"
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -14,8 +18,19 @@ type metrics struct {
 	submitted  prometheus.Counter
 	acceptSecs prometheus.Histogram
 	placements *prometheus.CounterVec
-	queueDepth prometheus.Gauge
+	queueDepth *prometheus.GaugeVec
 	raftLeader prometheus.Gauge
+
+	commitSecs  *prometheus.HistogramVec
+	batchSize   prometheus.Histogram
+	forwarded   prometheus.Histogram
+	webhooks    *prometheus.CounterVec
+	webhookSecs prometheus.Histogram
+	hostsDown   prometheus.Counter
+	requeued    prometheus.Counter
+
+	depthMu     sync.Mutex
+	depthLabels map[int]bool // priorities with a gauge, so emptied ones read 0
 }
 
 func newMetrics(s *Server) *metrics {
@@ -32,14 +47,43 @@ func newMetrics(s *Server) *metrics {
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hearth_model_placements_total", Help: "Models of placed jobs, by the tier they were in on the chosen slot.",
 		}, []string{"tier"}),
-		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "hearth_queue_depth", Help: "Queued jobs seen by the last scheduling pass (leader only).",
+		queueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hearth_queue_depth", Help: "Queued jobs by priority, as the last scheduling pass saw them (leader only).",
+		}, []string{"priority"}),
+		commitSecs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hearth_raft_commit_seconds",
+			Help:    "Time from proposing a command to its apply on this leader, by command type.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+		}, []string{"command"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "hearth_submit_batch_jobs", Help: "Jobs per SubmitJobs entry (group commit).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
+		forwarded: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "hearth_forwarded_seconds", Help: "Requests this node forwarded to the leader, by round-trip time.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hearth_webhook_attempts_total", Help: "Webhook delivery attempts by outcome: delivered, retry (will try again), failed (gave up).",
+		}, []string{"outcome"}),
+		webhookSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "hearth_webhook_attempt_seconds", Help: "Duration of webhook delivery attempts.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}),
+		hostsDown: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hearth_hosts_marked_down_total", Help: "Hosts this leader marked down for missed heartbeats.",
+		}),
+		requeued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hearth_jobs_requeued_total", Help: "Jobs requeued because their host went down.",
+		}),
+		depthLabels: make(map[int]bool),
 		raftLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hearth_raft_leader", Help: "1 if this node is the Raft leader.",
 		}),
 	}
 	m.reg.MustRegister(m.submitted, m.acceptSecs, m.placements, m.queueDepth, m.raftLeader,
+		m.commitSecs, m.batchSize, m.forwarded, m.webhooks, m.webhookSecs, m.hostsDown, m.requeued,
+		&raftCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "hearth_raft_applied_index", Help: "Last Raft index applied to the FSM.",
@@ -52,6 +96,17 @@ func newMetrics(s *Server) *metrics {
 func (m *metrics) observePlacement(p *proto.Placement) {
 	for _, mp := range p.Models {
 		m.placements.WithLabelValues(string(mp.Tier)).Inc()
+	}
+}
+
+func (m *metrics) setQueueDepth(depth map[int]int) {
+	m.depthMu.Lock()
+	defer m.depthMu.Unlock()
+	for p := range depth {
+		m.depthLabels[p] = true
+	}
+	for p := range m.depthLabels {
+		m.queueDepth.WithLabelValues(strconv.Itoa(p)).Set(float64(depth[p]))
 	}
 }
 
@@ -76,4 +131,35 @@ func (c *jobStateCollector) Collect(ch chan<- prometheus.Metric) {
 	for state, n := range c.fsm.Counts() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), string(state))
 	}
+}
+
+// raftCollector exports Raft's own counters (its Stats) at scrape time.
+type raftCollector struct{ s *Server }
+
+var raftStatDescs = map[string]*prometheus.Desc{
+	"term":                prometheus.NewDesc("hearth_raft_term", "Current Raft term.", nil, nil),
+	"last_log_index":      prometheus.NewDesc("hearth_raft_last_log_index", "Last index in this node's Raft log.", nil, nil),
+	"commit_index":        prometheus.NewDesc("hearth_raft_commit_index", "Last index known committed.", nil, nil),
+	"fsm_pending":         prometheus.NewDesc("hearth_raft_fsm_pending", "Committed entries waiting to be applied.", nil, nil),
+	"num_peers":           prometheus.NewDesc("hearth_raft_peers", "Other voters in the configuration.", nil, nil),
+	"last_snapshot_index": prometheus.NewDesc("hearth_raft_last_snapshot_index", "Index of the last snapshot.", nil, nil),
+}
+
+var raftStateDesc = prometheus.NewDesc("hearth_raft_state", "1 for this node's Raft state.", []string{"state"}, nil)
+
+func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range raftStatDescs {
+		ch <- d
+	}
+	ch <- raftStateDesc
+}
+
+func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.raft.raft.Stats()
+	for k, d := range raftStatDescs {
+		if v, err := strconv.ParseFloat(st[k], 64); err == nil {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(raftStateDesc, prometheus.GaugeValue, 1, strings.ToLower(st["state"]))
 }

@@ -25,12 +25,41 @@ var ErrNotLeader = errors.New("coordinator: this node is not the Raft leader")
 type raftNode struct {
 	raft      *raft.Raft
 	store     *raftboltdb.BoltStore
-	transport *raft.NetworkTransport
+	transport raft.Transport
+	snaps     raft.SnapshotStore
+}
+
+// checkDataDir refuses, with a sentence an operator can act on, a data dir
+// that cannot be created, is not writable or is nearly full: a clear error
+// at start beats a crash loop at the first log write.
+func checkDataDir(dir string, minFree uint64) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("coordinator: data dir %s cannot be created: %w", dir, err)
+	}
+	probe := filepath.Join(dir, ".write-probe")
+	f, err := os.OpenFile(probe, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err == nil {
+		_, err = f.Write([]byte("probe"))
+		err = errors.Join(err, f.Sync(), f.Close())
+		os.Remove(probe)
+	}
+	if err != nil {
+		return fmt.Errorf("coordinator: data dir %s is not writable: %w", dir, err)
+	}
+	free, err := freeBytes(dir)
+	if err != nil {
+		return fmt.Errorf("coordinator: data dir %s: %w", dir, err)
+	}
+	if free < minFree {
+		return fmt.Errorf("coordinator: data dir %s has %d MiB free; the coordinator needs at least %d MiB (min_free_bytes) for its log and snapshots",
+			dir, free>>20, minFree>>20)
+	}
+	return nil
 }
 
 func openRaft(cfg *Config, fsm *FSM) (*raftNode, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("coordinator: create data dir: %w", err)
+	if err := checkDataDir(cfg.DataDir, cfg.MinFreeBytes); err != nil {
+		return nil, err
 	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -54,45 +83,72 @@ func openRaft(cfg *Config, fsm *FSM) (*raftNode, error) {
 		store.Close()
 		return nil, fmt.Errorf("coordinator: open snapshot store: %w", err)
 	}
-	addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("coordinator: raft_addr %q: %w", cfg.RaftAddr, err)
-	}
-	trans, err := raft.NewTCPTransport(cfg.RaftAddr, addr, 3, 10*time.Second, io.Discard)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("coordinator: listen for raft on %s: %w", cfg.RaftAddr, err)
-	}
-	if cfg.Bootstrap {
-		has, err := raft.HasExistingState(store, store, snaps)
+	trans := cfg.Transport
+	if trans == nil {
+		addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
 		if err != nil {
-			trans.Close()
 			store.Close()
-			return nil, fmt.Errorf("coordinator: inspect raft state: %w", err)
+			return nil, fmt.Errorf("coordinator: raft_addr %q: %w", cfg.RaftAddr, err)
+		}
+		tt, err := raft.NewTCPTransport(cfg.RaftAddr, addr, 8, 10*time.Second, io.Discard)
+		if err != nil {
+			store.Close()
+			return nil, fmt.Errorf("coordinator: listen for raft on %s: %w", cfg.RaftAddr, err)
+		}
+		trans = tt
+	}
+	n := &raftNode{store: store, transport: trans, snaps: snaps}
+	var boot []raft.Server
+	switch {
+	case cfg.Bootstrap:
+		boot = []raft.Server{{ID: rc.LocalID, Address: trans.LocalAddr()}}
+	case len(cfg.Peers) > 0:
+		for _, p := range cfg.Peers {
+			boot = append(boot, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)})
+		}
+	}
+	if boot != nil {
+		has, err := n.hasState()
+		if err != nil {
+			n.closeStores()
+			return nil, err
 		}
 		if !has {
-			conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: trans.LocalAddr()}}}
-			if err := raft.BootstrapCluster(rc, store, store, snaps, trans, conf); err != nil {
-				trans.Close()
-				store.Close()
+			if err := raft.BootstrapCluster(rc, store, store, snaps, trans, raft.Configuration{Servers: boot}); err != nil {
+				n.closeStores()
 				return nil, fmt.Errorf("coordinator: bootstrap: %w", err)
 			}
 		}
 	}
 	r, err := raft.NewRaft(rc, fsm, store, store, snaps, trans)
 	if err != nil {
-		trans.Close()
-		store.Close()
+		n.closeStores()
 		return nil, fmt.Errorf("coordinator: start raft: %w", err)
 	}
-	return &raftNode{raft: r, store: store, transport: trans}, nil
+	n.raft = r
+	return n, nil
+}
+
+// hasState reports whether the node's stores already hold a Raft group.
+func (n *raftNode) hasState() (bool, error) {
+	has, err := raft.HasExistingState(n.store, n.store, n.snaps)
+	if err != nil {
+		return false, fmt.Errorf("coordinator: inspect raft state: %w", err)
+	}
+	return has, nil
+}
+
+func (n *raftNode) closeStores() error {
+	var err error
+	if c, ok := n.transport.(io.Closer); ok {
+		err = c.Close()
+	}
+	return errors.Join(err, n.store.Close())
 }
 
 func (n *raftNode) close() error {
 	err := n.raft.Shutdown().Error()
-	n.transport.Close()
-	return errors.Join(err, n.store.Close())
+	return errors.Join(err, n.closeStores())
 }
 
 // propose encodes cmd, appends it to the log and waits for it to apply. It
@@ -103,13 +159,20 @@ func (s *Server) propose(cmd proto.Command) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	f := s.raft.raft.Apply(b, 10*time.Second)
+	return s.applyResult(f, cmd.CommandType(), start)
+}
+
+// applyResult waits for an Apply future and unwraps the FSM's answer.
+func (s *Server) applyResult(f raft.ApplyFuture, t proto.CommandType, start time.Time) (any, error) {
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
-		return nil, fmt.Errorf("coordinator: raft apply %v: %w", cmd.CommandType(), err)
+		return nil, fmt.Errorf("coordinator: raft apply %v: %w", t, err)
 	}
+	s.metrics.commitSecs.WithLabelValues(t.String()).Observe(time.Since(start).Seconds())
 	if err, ok := f.Response().(error); ok {
 		return nil, err
 	}

@@ -57,6 +57,15 @@ func (sc *scheduler) observe(cmd proto.Command, res any) {
 		if j != nil && j.Placement != nil {
 			sc.s.metrics.observePlacement(j.Placement)
 		}
+	case *proto.PlaceJobs:
+		rs, _ := res.([]PlaceResult)
+		for _, r := range rs {
+			if r.Job != nil && r.Job.Placement != nil {
+				sc.s.metrics.observePlacement(r.Job.Placement)
+			}
+		}
+	case *proto.SubmitJobs, *proto.RetryJob, *proto.MarkHostDown:
+		sc.poke()
 	case *proto.ReportJob:
 		if c.Report.State.Terminal() {
 			sc.poke()
@@ -106,13 +115,19 @@ type candidate struct {
 func (sc *scheduler) pass(ctx context.Context) {
 	s := sc.s
 	active := s.fsm.ActiveJobs()
+	now := s.cfg.Now()
 	var queued []*proto.Job
+	depth := make(map[int]int)
 	for _, j := range active {
-		if j.State == proto.JobQueued {
+		if j.State != proto.JobQueued {
+			continue
+		}
+		depth[j.Spec.Priority]++
+		if j.NotBefore == nil || !j.NotBefore.After(now) {
 			queued = append(queued, j)
 		}
 	}
-	s.metrics.queueDepth.Set(float64(len(queued)))
+	s.metrics.setQueueDepth(depth)
 	if len(queued) == 0 {
 		return
 	}
@@ -123,7 +138,10 @@ func (sc *scheduler) pass(ctx context.Context) {
 	if len(slots) == 0 {
 		return
 	}
-	now := s.cfg.Now()
+	// One pass proposes all its placements in one entry: the FSM checks
+	// each on its own, and the views below already account for the earlier
+	// ones, as they would after applying them one by one.
+	var items []proto.PlaceJob
 	for _, j := range queued {
 		if ctx.Err() != nil {
 			return
@@ -134,22 +152,33 @@ func (sc *scheduler) pass(ctx context.Context) {
 		}
 		p := proto.Placement{
 			Host: best.sv.host.ID, GPU: best.sv.gpu, Slot: best.sv.slot,
-			Models: best.models, QueueWaitS: round3(best.waitS), EstimateS: round3(best.estimateS), PlacedAt: now,
+			Models: best.models, QueueWaitS: round3(best.waitS), EstimateS: round3(best.estimateS), PlacedAt: now.UTC(),
 		}
-		res, err := s.propose(&proto.PlaceJob{JobID: j.ID, Placement: p})
-		if err != nil {
-			if errors.Is(err, ErrNotLeader) {
-				return
-			}
-			s.log.Warn("placement refused", "job", j.ID, "err", err)
-			continue
-		}
-		placed := res.(*proto.Job)
-		best.sv.pending = append(best.sv.pending, placed)
-		for _, m := range placed.Models {
+		items = append(items, proto.PlaceJob{JobID: j.ID, Placement: p})
+		pj := j.Clone()
+		pj.State, pj.Placement = proto.JobPlaced, &p
+		best.sv.pending = append(best.sv.pending, pj)
+		for _, m := range j.Models {
 			best.sv.resident[m.Digest] = true
 		}
-		s.log.Debug("placed", "job", j.ID, "host", p.Host, "gpu", p.GPU, "slot", p.Slot, "estimate_s", p.EstimateS)
+	}
+	if len(items) == 0 {
+		return
+	}
+	res, err := s.propose(&proto.PlaceJobs{Items: items})
+	if err != nil {
+		if !errors.Is(err, ErrNotLeader) {
+			s.log.Warn("placements not recorded", "jobs", len(items), "err", err)
+		}
+		return
+	}
+	for i, r := range res.([]PlaceResult) {
+		if r.Err != nil {
+			s.log.Warn("placement refused", "job", items[i].JobID, "err", r.Err)
+			continue
+		}
+		p := r.Job.Placement
+		s.log.Debug("placed", "job", r.Job.ID, "host", p.Host, "gpu", p.GPU, "slot", p.Slot, "estimate_s", p.EstimateS)
 	}
 }
 
@@ -161,7 +190,7 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 	var out []*slotView
 	for _, h := range s.fsm.Hosts() {
 		beat, _, alive := s.hosts.get(h.ID, s.cfg.HeartbeatGrace)
-		if !alive || beat.Draining {
+		if !alive || beat.Draining || h.DownAt != nil {
 			continue
 		}
 		cache := make(map[proto.Digest]proto.Tier, len(beat.Cache))

@@ -149,7 +149,7 @@ func TestSchedulerPlacesByTier(t *testing.T) {
 			if !near(p.EstimateS, tc.wantEst) || !near(m.Seconds, tc.wantEst) || p.QueueWaitS != 0 {
 				t.Fatalf("estimate_s %v, model seconds %v, queue_wait_s %v; want %v, %v, 0", p.EstimateS, m.Seconds, p.QueueWaitS, tc.wantEst, tc.wantEst)
 			}
-			if j.Attempts != 1 || p.Epoch == 0 || p.Epoch != j.Index || p.PlacedAt.IsZero() {
+			if j.Attempts != 1 || p.Epoch == 0 || proto.EventIndex(p.Epoch) != j.Index || p.PlacedAt.IsZero() {
 				t.Fatalf("placed job attempts %d epoch %d index %d placed_at %v", j.Attempts, p.Epoch, j.Index, p.PlacedAt)
 			}
 		})

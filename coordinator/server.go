@@ -12,6 +12,9 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/valyala/fasthttp"
+
+	"github.com/hearth-gpu/hearth/coordinator/eventbus"
+	"github.com/hearth-gpu/hearth/proto"
 )
 
 // Server is one coordinator node: the Raft FSM, the leader-only scheduler,
@@ -24,9 +27,17 @@ type Server struct {
 	hosts   *liveHosts
 	metrics *metrics
 	sched   *scheduler
+	batch   *batcher
+	bus     *eventbus.Bus
+	auth    *authenticator
+	hooks   *dispatcher
+	fwd     *fasthttp.Client // forwards requests to the leader
 
 	ln   net.Listener
 	http *fasthttp.Server
+
+	// lastLeader is the id of the last leader this node saw (a string).
+	lastLeader atomic.Value
 
 	// leaderReady is set once this node leads and has applied every entry
 	// of earlier terms (its barrier returned): only then is its state
@@ -50,7 +61,17 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s)
 	s.hosts = newLiveHosts(cfg.Now)
 	s.sched = newScheduler(s)
-	s.fsm.onApply = s.sched.observe
+	s.batch = newBatcher(s)
+	s.bus = eventbus.New(eventRingSize)
+	s.auth = newAuthenticator(cfg.Tokens)
+	s.fwd = newForwardClient(&s.cfg)
+	hooks, err := newDispatcher(s)
+	if err != nil {
+		return nil, err
+	}
+	s.hooks = hooks
+	s.fsm.onApply = s.observe
+	s.fsm.onEvents = s.publishEvents
 
 	rn, err := openRaft(&s.cfg, s.fsm)
 	if err != nil {
@@ -65,19 +86,33 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ln = ln
 	s.http = s.newHTTPServer()
-	s.wg.Add(2)
-	go func() {
-		defer s.wg.Done()
+	s.goBackground(func() {
 		if err := s.http.Serve(ln); err != nil {
 			s.log.Error("http server stopped", "err", err)
 		}
-	}()
-	go func() {
-		defer s.wg.Done()
-		s.runLeadership()
-	}()
+	})
+	s.goBackground(s.runLeadership)
+	s.goBackground(s.watchLeader)
+	s.goBackground(func() { s.batch.run(s.ctx) })
+	if len(cfg.Join) > 0 || cfg.BootstrapExpect > 0 {
+		s.goBackground(func() { s.discover(s.ctx) })
+	}
 	s.log.Info("coordinator started", "http", s.HTTPAddr(), "raft", string(rn.transport.LocalAddr()), "data_dir", cfg.DataDir)
 	return s, nil
+}
+
+func (s *Server) goBackground(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// observe is the FSM's after-apply hook, called on every node.
+func (s *Server) observe(cmd proto.Command, res any) {
+	s.sched.observe(cmd, res)
+	s.hooks.observe(cmd, res)
 }
 
 // HTTPAddr returns the API's bound address (useful with port 0).
@@ -112,10 +147,11 @@ func (s *Server) Snapshot() error {
 	return s.raft.raft.Snapshot().Error()
 }
 
-// runLeadership starts the scheduler when this node becomes leader and
-// stops it when leadership is lost.
+// runLeadership starts the leader's loops (scheduler, host liveness, job
+// timeouts, webhook delivery) when this node becomes leader and stops them
+// when leadership is lost.
 func (s *Server) runLeadership() {
-	var stop func() // non-nil while the scheduler runs
+	var stop func() // non-nil while the leader loops run
 	defer func() {
 		if stop != nil {
 			stop()
@@ -131,14 +167,17 @@ func (s *Server) runLeadership() {
 			switch {
 			case isLeader && stop == nil:
 				// A barrier makes sure every entry of the previous term is
-				// applied before scheduling reads the state.
+				// applied before the leader reads the state.
 				if err := s.raft.raft.Barrier(10 * time.Second).Error(); err != nil {
 					s.log.Warn("leader barrier failed; not scheduling", "err", err)
 					continue
 				}
+				if err := s.publishSelf(); err != nil {
+					s.log.Warn("could not publish this node's address", "err", err)
+				}
 				s.leaderReady.Store(true)
 				s.log.Info("became leader; scheduler running")
-				stop = s.startScheduler()
+				stop = s.startLeaderLoops()
 			case !isLeader && stop != nil:
 				s.leaderReady.Store(false)
 				s.log.Info("lost leadership; scheduler stopped")
@@ -149,18 +188,28 @@ func (s *Server) runLeadership() {
 	}
 }
 
-// startScheduler runs the scheduler until the returned stop is called.
-func (s *Server) startScheduler() (stop func()) {
+// startLeaderLoops runs the leader-only loops until the returned stop is
+// called.
+func (s *Server) startLeaderLoops() (stop func()) {
 	ctx, cancel := context.WithCancel(s.ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); s.sched.run(ctx) }()
-	return func() { cancel(); <-done }
+	since := s.cfg.Now()
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){
+		s.sched.run,
+		func(ctx context.Context) { s.runSweeper(ctx, since) },
+		s.hooks.run,
+	} {
+		wg.Add(1)
+		go func() { defer wg.Done(); loop(ctx) }()
+	}
+	return func() { cancel(); wg.Wait() }
 }
 
 // Close stops the API, the scheduler and Raft, in that order, and releases
 // the data dir.
 func (s *Server) Close() error {
 	s.cancel()
+	s.bus.Close() // ends event streams, which Shutdown would wait for
 	err := s.http.Shutdown()
 	s.wg.Wait()
 	return errors.Join(err, s.raft.close())

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 
 	"github.com/hashicorp/raft"
 
@@ -12,12 +14,13 @@ import (
 )
 
 // Snapshot format: JSON lines. The first line is a snapshotHeader with the
-// record counts; then one snapshotRecord per line, models first, then hosts,
-// then jobs. Restore checks the counts, so a truncated snapshot is refused
+// record counts; then one snapshotRecord per line: models, hosts,
+// coordinators, idempotency keys, then jobs. Format 1 (before coordinators
+// and keys) is still read. Restore checks the counts, so a truncated snapshot is refused
 // rather than half-loaded. JSON keeps the format readable with jq and reuses
 // the API's stable field names; compression is left to a later change if
 // snapshot size ever matters more than restore speed.
-const snapshotFormat = 1
+const snapshotFormat = 2
 
 type snapshotHeader struct {
 	Format int    `json:"format"`
@@ -25,18 +28,26 @@ type snapshotHeader struct {
 	Models int    `json:"models"`
 	Hosts  int    `json:"hosts"`
 	Jobs   int    `json:"jobs"`
+	Coords int    `json:"coordinators,omitempty"`
+	Idem   int    `json:"idempotency_keys,omitempty"`
 }
 
+func (h *snapshotHeader) records() int { return h.Models + h.Hosts + h.Jobs + h.Coords + h.Idem }
+
 type snapshotRecord struct {
-	Model *proto.Model `json:"model,omitempty"`
-	Host  *proto.Host  `json:"host,omitempty"`
-	Job   *proto.Job   `json:"job,omitempty"`
+	Model *proto.Model       `json:"model,omitempty"`
+	Host  *proto.Host        `json:"host,omitempty"`
+	Job   *proto.Job         `json:"job,omitempty"`
+	Coord *proto.Coordinator `json:"coordinator,omitempty"`
+	Idem  *idemEntry         `json:"idempotency_key,omitempty"`
 }
 
 type fsmSnapshot struct {
 	index  uint64
 	models []*proto.Model
 	hosts  []*proto.Host
+	coords []*proto.Coordinator
+	idem   []idemEntry
 	jobs   []*proto.Job
 }
 
@@ -60,6 +71,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, j := range f.jobs {
 		s.jobs = append(s.jobs, j)
 	}
+	s.coords = slices.Collect(maps.Values(f.coords))
+	s.idem = slices.Collect(maps.Values(f.idem))
 	return s, nil
 }
 
@@ -75,7 +88,8 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 func (s *fsmSnapshot) write(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
 	enc := json.NewEncoder(bw)
-	hdr := snapshotHeader{Format: snapshotFormat, Index: s.index, Models: len(s.models), Hosts: len(s.hosts), Jobs: len(s.jobs)}
+	hdr := snapshotHeader{Format: snapshotFormat, Index: s.index, Models: len(s.models), Hosts: len(s.hosts), Jobs: len(s.jobs),
+		Coords: len(s.coords), Idem: len(s.idem)}
 	if err := enc.Encode(hdr); err != nil {
 		return fmt.Errorf("coordinator: write snapshot header: %w", err)
 	}
@@ -86,6 +100,16 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	}
 	for _, h := range s.hosts {
 		if err := enc.Encode(snapshotRecord{Host: h}); err != nil {
+			return fmt.Errorf("coordinator: write snapshot: %w", err)
+		}
+	}
+	for _, c := range s.coords {
+		if err := enc.Encode(snapshotRecord{Coord: c}); err != nil {
+			return fmt.Errorf("coordinator: write snapshot: %w", err)
+		}
+	}
+	for i := range s.idem {
+		if err := enc.Encode(snapshotRecord{Idem: &s.idem[i]}); err != nil {
 			return fmt.Errorf("coordinator: write snapshot: %w", err)
 		}
 	}
@@ -113,16 +137,18 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := dec.Decode(&hdr); err != nil {
 		return fmt.Errorf("coordinator: restore snapshot header: %w", err)
 	}
-	if hdr.Format != snapshotFormat {
-		return fmt.Errorf("coordinator: snapshot format %d, this build reads %d", hdr.Format, snapshotFormat)
+	if hdr.Format < 1 || hdr.Format > snapshotFormat {
+		return fmt.Errorf("coordinator: snapshot format %d, this build reads 1 to %d", hdr.Format, snapshotFormat)
 	}
 	models := make(map[string]*proto.Model, hdr.Models)
 	hosts := make(map[string]*proto.Host, hdr.Hosts)
 	jobs := make(map[string]*proto.Job, hdr.Jobs)
-	for n := 0; n < hdr.Models+hdr.Hosts+hdr.Jobs; n++ {
+	coords := make(map[string]*proto.Coordinator, hdr.Coords)
+	idem := make(map[string]idemEntry, hdr.Idem)
+	for n := 0; n < hdr.records(); n++ {
 		var r snapshotRecord
 		if err := dec.Decode(&r); err != nil {
-			return fmt.Errorf("coordinator: restore snapshot record %d of %d: %w", n+1, hdr.Models+hdr.Hosts+hdr.Jobs, err)
+			return fmt.Errorf("coordinator: restore snapshot record %d of %d: %w", n+1, hdr.records(), err)
 		}
 		switch {
 		case r.Model != nil:
@@ -131,16 +157,31 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			hosts[r.Host.ID] = r.Host
 		case r.Job != nil:
 			jobs[r.Job.ID] = r.Job
+		case r.Coord != nil:
+			coords[r.Coord.ID] = r.Coord
+		case r.Idem != nil:
+			idem[r.Idem.Key] = *r.Idem
 		default:
 			return fmt.Errorf("coordinator: restore snapshot record %d is empty", n+1)
 		}
 	}
-	if len(models) != hdr.Models || len(hosts) != hdr.Hosts || len(jobs) != hdr.Jobs {
-		return fmt.Errorf("coordinator: snapshot header promises %d models, %d hosts, %d jobs; records hold %d, %d, %d",
-			hdr.Models, hdr.Hosts, hdr.Jobs, len(models), len(hosts), len(jobs))
+	if len(models) != hdr.Models || len(hosts) != hdr.Hosts || len(jobs) != hdr.Jobs || len(coords) != hdr.Coords || len(idem) != hdr.Idem {
+		return fmt.Errorf("coordinator: snapshot header promises %d models, %d hosts, %d jobs, %d coordinators, %d keys; records hold %d, %d, %d, %d, %d",
+			hdr.Models, hdr.Hosts, hdr.Jobs, hdr.Coords, hdr.Idem, len(models), len(hosts), len(jobs), len(coords), len(idem))
+	}
+	live := make(map[string]struct{})
+	hooks := make(map[string]struct{})
+	for id, j := range jobs {
+		if !j.State.Terminal() {
+			live[id] = struct{}{}
+		}
+		if slices.ContainsFunc(j.Webhooks, func(d proto.WebhookDelivery) bool { return d.State == proto.DeliveryPending }) {
+			hooks[id] = struct{}{}
+		}
 	}
 	f.mu.Lock()
-	f.models, f.hosts, f.jobs = models, hosts, jobs
+	f.models, f.hosts, f.jobs, f.coords, f.idem = models, hosts, jobs, coords, idem
+	f.live, f.hooks = live, hooks
 	f.advance(hdr.Index)
 	f.mu.Unlock()
 	return nil

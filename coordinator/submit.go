@@ -1,12 +1,19 @@
 package coordinator
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/hearth-gpu/hearth/coordinator/webhook"
 	"github.com/hearth-gpu/hearth/coordinator/workflow"
 	"github.com/hearth-gpu/hearth/proto"
 )
@@ -17,13 +24,47 @@ type modelNeed struct {
 	name, node, input, field string
 }
 
+// maxSubmitWait caps POST /v1/jobs?wait=.
+const maxSubmitWait = 5 * time.Minute
+
+// maxIdempotencyKey bounds the Idempotency-Key header.
+const maxIdempotencyKey = 255
+
 func (s *Server) handleSubmit(ctx *fasthttp.RequestCtx) (int, any, error) {
 	start := time.Now()
+	var wait time.Duration
+	if v := ctx.QueryArgs().Peek("wait"); len(v) > 0 {
+		d, err := time.ParseDuration(string(v))
+		if err != nil || d < 0 || d > maxSubmitWait {
+			return 0, nil, errBadRequest("invalid_query", "wait", "wait %q must be a duration from 0s to %s, like 60s", v, maxSubmitWait)
+		}
+		wait = d
+	}
+	key := string(ctx.Request.Header.Peek("Idempotency-Key"))
+	if len(key) > maxIdempotencyKey || strings.ContainsFunc(key, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+		return 0, nil, errBadRequest("invalid_header", "Idempotency-Key", "Idempotency-Key must be 1 to %d printable ASCII characters without spaces", maxIdempotencyKey)
+	}
+	body := ctx.PostBody()
+	sum := sha256.Sum256(body)
+	hash := hex.EncodeToString(sum[:])
+	now := s.cfg.Now().UTC()
+	if key != "" {
+		// A retried request usually finds its job already committed: answer
+		// from the state without a Raft write. The FSM re-checks on apply,
+		// so two racing first attempts still make one job.
+		if j, err := s.fsm.Idempotent(key, hash, now); err != nil || j != nil {
+			if err != nil {
+				return 0, nil, err
+			}
+			ctx.Response.Header.Set("Idempotent-Replayed", "true")
+			return s.answerSubmit(ctx, j, wait)
+		}
+	}
 	var spec proto.JobSpec
-	if err := decodeStrict(ctx.PostBody(), &spec); err != nil {
+	if err := decodeStrict(body, &spec); err != nil {
 		return 0, nil, err
 	}
-	needs, err := validateSpec(&spec)
+	needs, err := validateSpec(&spec, s.cfg.WebhookAllowHosts)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -31,21 +72,81 @@ func (s *Server) handleSubmit(ctx *fasthttp.RequestCtx) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	now := s.cfg.Now().UTC()
-	job := proto.Job{ID: newJobID(now), Spec: spec, Models: refs, State: proto.JobQueued, SubmittedAt: now}
-	res, err := s.propose(&proto.SubmitJob{Job: job})
+	if spec.TimeoutS == 0 {
+		spec.TimeoutS = s.cfg.DefaultTimeout.Seconds()
+	}
+	if spec.MaxAttempts == 0 {
+		spec.MaxAttempts = DefaultMaxAttempts
+	}
+	job := proto.Job{ID: newJobID(now), Spec: spec, Models: refs, State: proto.JobQueued, SubmittedAt: now, IdempotencyKey: key}
+	item, err := json.Marshal(proto.SubmitItem{Job: job, RequestHash: hash})
+	if err != nil {
+		return 0, nil, fmt.Errorf("coordinator: encode job: %w", err)
+	}
+	res, err := s.batch.submit(ctx, item)
+	if err == nil {
+		err = res.Err
+	}
 	if err != nil {
 		return 0, nil, err
 	}
-	s.metrics.submitted.Inc()
-	s.metrics.acceptSecs.Observe(time.Since(start).Seconds())
-	ctx.Response.Header.Set("Location", "/v1/jobs/"+job.ID)
-	return http.StatusAccepted, res, nil
+	if res.Existing {
+		ctx.Response.Header.Set("Idempotent-Replayed", "true")
+	} else {
+		s.metrics.submitted.Inc()
+		s.metrics.acceptSecs.Observe(time.Since(start).Seconds())
+	}
+	return s.answerSubmit(ctx, res.Job, wait)
+}
+
+// answerSubmit answers 202 with the accepted job, or, when the client asked
+// to wait, 200 with the job if it finishes within wait.
+func (s *Server) answerSubmit(ctx *fasthttp.RequestCtx, j *proto.Job, wait time.Duration) (int, any, error) {
+	ctx.Response.Header.Set("Location", "/v1/jobs/"+j.ID)
+	if wait > 0 && !j.State.Terminal() {
+		if done, ok := s.waitTerminal(ctx, j.ID, wait); ok {
+			return http.StatusOK, done, nil
+		}
+		if cur, ok := s.fsm.Job(j.ID); ok {
+			j = cur
+		}
+	}
+	if j.State.Terminal() {
+		return http.StatusOK, j, nil
+	}
+	return http.StatusAccepted, j, nil
+}
+
+// waitTerminal waits up to d for job id to finish.
+func (s *Server) waitTerminal(ctx context.Context, id string, d time.Duration) (*proto.Job, bool) {
+	sub := s.bus.Subscribe(id, s.bus.LastID(), 64)
+	defer sub.Close()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		// Read after subscribing: a finish applied before the subscription
+		// shows in the state, one applied after comes on the channel.
+		if j, ok := s.fsm.Job(id); ok && j.State.Terminal() {
+			return j, true
+		}
+		select {
+		case _, ok := <-sub.C():
+			if !ok {
+				return nil, false
+			}
+		case <-timer.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		case <-s.ctx.Done():
+			return nil, false
+		}
+	}
 }
 
 // validateSpec checks a submitted spec and lists the models it needs. It is
 // pure, so everything it refuses is refused before anything reaches Raft.
-func validateSpec(spec *proto.JobSpec) ([]modelNeed, error) {
+func validateSpec(spec *proto.JobSpec, webhookHosts []string) ([]modelNeed, error) {
 	kinds := 0
 	for _, set := range []bool{len(spec.Workflow) > 0, spec.Worker != nil, spec.Exec != nil} {
 		if set {
@@ -61,6 +162,20 @@ func validateSpec(spec *proto.JobSpec) ([]modelNeed, error) {
 	for k, v := range spec.Labels {
 		if k == "" || len(k) > 128 || len(v) > 1024 {
 			return nil, errBadRequest("invalid_field", "labels", "label keys must be 1-128 bytes and values at most 1024 bytes")
+		}
+	}
+	if spec.TimeoutS < 0 || spec.TimeoutS > 7*24*3600 || math.IsNaN(spec.TimeoutS) {
+		return nil, errBadRequest("invalid_field", "timeout_s", "timeout_s %v must be from 0 (the default) to one week", spec.TimeoutS)
+	}
+	if spec.QueueTTLS < 0 || spec.QueueTTLS > 30*24*3600 || math.IsNaN(spec.QueueTTLS) {
+		return nil, errBadRequest("invalid_field", "queue_ttl_s", "queue_ttl_s %v must be from 0 (no limit) to 30 days", spec.QueueTTLS)
+	}
+	if spec.MaxAttempts < 0 || spec.MaxAttempts > 100 {
+		return nil, errBadRequest("invalid_field", "max_attempts", "max_attempts %d must be from 0 (the default, %d) to 100", spec.MaxAttempts, DefaultMaxAttempts)
+	}
+	if spec.Webhook != "" {
+		if err := webhook.ValidateURL(spec.Webhook, webhookHosts); err != nil {
+			return nil, errBadRequest("invalid_field", "webhook", "%v", err)
 		}
 	}
 	var needs []modelNeed

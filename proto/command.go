@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"time"
 )
 
 // CommandType numbers a Raft command. Values are append-only: never reuse or
@@ -14,25 +15,47 @@ import (
 type CommandType uint64
 
 const (
-	CmdPutModel     CommandType = 1 // add or replace a catalog entry
-	CmdSubmitJob    CommandType = 2 // accept a job
-	CmdRegisterHost CommandType = 3 // record a host's registration
-	CmdPlaceJob     CommandType = 4 // record the scheduler's placement of a job
-	CmdReportJob    CommandType = 5 // record an agent's report of a job transition
+	CmdPutModel       CommandType = 1  // add or replace a catalog entry
+	CmdSubmitJob      CommandType = 2  // accept a job
+	CmdRegisterHost   CommandType = 3  // record a host's registration
+	CmdPlaceJob       CommandType = 4  // record the scheduler's placement of a job
+	CmdReportJob      CommandType = 5  // record an agent's report of a job transition
+	CmdSubmitJobs     CommandType = 6  // accept a batch of jobs (group commit)
+	CmdCancelJob      CommandType = 7  // cancel a job
+	CmdRetryJob       CommandType = 8  // requeue a finished job
+	CmdHostDown       CommandType = 9  // mark a host down and requeue its jobs
+	CmdTimeoutJobs    CommandType = 10 // end jobs that outlived their queue TTL or run timeout
+	CmdWebhookResults CommandType = 11 // record webhook delivery attempts
+	CmdSetCoordinator CommandType = 12 // record a coordinator node's addresses
+	CmdPlaceJobs      CommandType = 13 // record a scheduling pass's placements
 )
 
+// commandTypes maps each type to its name and a constructor for its body.
+var commandTypes = map[CommandType]struct {
+	name string
+	new  func() Command
+}{
+	CmdPutModel:       {"put-model", func() Command { return &PutModel{} }},
+	CmdSubmitJob:      {"submit-job", func() Command { return &SubmitJob{} }},
+	CmdRegisterHost:   {"register-host", func() Command { return &RegisterHost{} }},
+	CmdPlaceJob:       {"place-job", func() Command { return &PlaceJob{} }},
+	CmdReportJob:      {"report-job", func() Command { return &ReportJob{} }},
+	CmdSubmitJobs:     {"submit-jobs", func() Command { return &SubmitJobs{} }},
+	CmdCancelJob:      {"cancel-job", func() Command { return &CancelJob{} }},
+	CmdRetryJob:       {"retry-job", func() Command { return &RetryJob{} }},
+	CmdHostDown:       {"host-down", func() Command { return &MarkHostDown{} }},
+	CmdTimeoutJobs:    {"timeout-jobs", func() Command { return &TimeoutJobs{} }},
+	CmdWebhookResults: {"webhook-results", func() Command { return &WebhookResults{} }},
+	CmdSetCoordinator: {"set-coordinator", func() Command { return &SetCoordinator{} }},
+	CmdPlaceJobs:      {"place-jobs", func() Command { return &PlaceJobs{} }},
+}
+
+// maxCommandType is the highest type this build knows.
+const maxCommandType = CmdPlaceJobs
+
 func (t CommandType) String() string {
-	switch t {
-	case CmdPutModel:
-		return "put-model"
-	case CmdSubmitJob:
-		return "submit-job"
-	case CmdRegisterHost:
-		return "register-host"
-	case CmdPlaceJob:
-		return "place-job"
-	case CmdReportJob:
-		return "report-job"
+	if ct, ok := commandTypes[t]; ok {
+		return ct.name
 	}
 	return fmt.Sprintf("command(%d)", uint64(t))
 }
@@ -88,25 +111,120 @@ type ReportJob struct {
 	Report JobReport `json:"report"`
 }
 
-func (*PutModel) CommandType() CommandType     { return CmdPutModel }
-func (*SubmitJob) CommandType() CommandType    { return CmdSubmitJob }
-func (*RegisterHost) CommandType() CommandType { return CmdRegisterHost }
-func (*PlaceJob) CommandType() CommandType     { return CmdPlaceJob }
-func (*ReportJob) CommandType() CommandType    { return CmdReportJob }
+// SubmitJobs accepts a batch of jobs in one entry: the leader gathers
+// concurrent submissions so that acceptance costs one log write per batch,
+// not per job. Each item succeeds or fails on its own.
+type SubmitJobs struct {
+	Items []SubmitItem `json:"items"`
+}
+
+// SubmitItem is one job of a batch. RequestHash identifies the request body
+// for its Idempotency-Key (Job.IdempotencyKey): a second submission with the
+// same key and hash is answered with the first job, with the same key and
+// another hash it is refused.
+type SubmitItem struct {
+	Job         Job    `json:"job"`
+	RequestHash string `json:"request_hash,omitempty"`
+}
+
+// CancelJob ends a job that has not finished; its agent, if any, stops the
+// run when the assignment disappears.
+type CancelJob struct {
+	JobID  string    `json:"job_id"`
+	Reason string    `json:"reason,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// RetryJob puts a failed, cancelled or timed-out job back in the queue
+// with a fresh attempt budget.
+type RetryJob struct {
+	JobID string    `json:"job_id"`
+	Time  time.Time `json:"time"`
+}
+
+// MarkHostDown marks a host down. Its placed and running jobs are requeued
+// with a backoff (Backoff·2^(attempts-1), at most BackoffMax), or fail once
+// they have used their attempts. A later registration brings it back.
+type MarkHostDown struct {
+	HostID     string        `json:"host_id"`
+	Reason     string        `json:"reason"`
+	Time       time.Time     `json:"time"`
+	Backoff    time.Duration `json:"backoff"`
+	BackoffMax time.Duration `json:"backoff_max"`
+}
+
+// TimeoutJobs ends jobs that waited past their queue TTL (Epoch 0: the job
+// must still be queued) or ran past their timeout (Epoch: the attempt that
+// overran; a newer attempt is left alone).
+type TimeoutJobs struct {
+	Items []TimeoutItem `json:"items"`
+	Time  time.Time     `json:"time"`
+}
+
+// TimeoutItem is one job to time out.
+type TimeoutItem struct {
+	JobID  string `json:"job_id"`
+	Epoch  uint64 `json:"epoch,omitempty"`
+	Reason string `json:"reason"`
+}
+
+// WebhookResults records delivery attempts made by the leader.
+type WebhookResults struct {
+	Results []WebhookResult `json:"results"`
+}
+
+// WebhookResult is one delivery attempt. Attempt is the delivery's attempt
+// count before this one, so a result that raced with another leader's is
+// ignored rather than counted twice.
+type WebhookResult struct {
+	JobID      string    `json:"job_id"`
+	DeliveryID string    `json:"delivery_id"`
+	Attempt    int       `json:"attempt"`
+	Delivered  bool      `json:"delivered"`
+	GiveUp     bool      `json:"give_up,omitempty"`
+	Status     int       `json:"status,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	NextAt     time.Time `json:"next_at"`
+	Time       time.Time `json:"time"`
+}
+
+// Coordinator is one coordinator node's addresses, so followers know where
+// to forward writes for whichever node leads.
+type Coordinator struct {
+	ID       string `json:"id"`
+	HTTPAddr string `json:"http_addr"`
+	RaftAddr string `json:"raft_addr"`
+}
+
+// SetCoordinator records a coordinator node's addresses.
+type SetCoordinator struct {
+	Coordinator Coordinator `json:"coordinator"`
+}
+
+// PlaceJobs records the placements of one scheduling pass; each is checked
+// like a PlaceJob and refused or kept on its own.
+type PlaceJobs struct {
+	Items []PlaceJob `json:"items"`
+}
+
+func (*PutModel) CommandType() CommandType       { return CmdPutModel }
+func (*SubmitJobs) CommandType() CommandType     { return CmdSubmitJobs }
+func (*CancelJob) CommandType() CommandType      { return CmdCancelJob }
+func (*RetryJob) CommandType() CommandType       { return CmdRetryJob }
+func (*MarkHostDown) CommandType() CommandType   { return CmdHostDown }
+func (*TimeoutJobs) CommandType() CommandType    { return CmdTimeoutJobs }
+func (*WebhookResults) CommandType() CommandType { return CmdWebhookResults }
+func (*SetCoordinator) CommandType() CommandType { return CmdSetCoordinator }
+func (*PlaceJobs) CommandType() CommandType      { return CmdPlaceJobs }
+func (*SubmitJob) CommandType() CommandType      { return CmdSubmitJob }
+func (*RegisterHost) CommandType() CommandType   { return CmdRegisterHost }
+func (*PlaceJob) CommandType() CommandType       { return CmdPlaceJob }
+func (*ReportJob) CommandType() CommandType      { return CmdReportJob }
 
 // newCommand returns an empty body for t, or nil if t is unknown.
 func newCommand(t CommandType) Command {
-	switch t {
-	case CmdPutModel:
-		return &PutModel{}
-	case CmdSubmitJob:
-		return &SubmitJob{}
-	case CmdRegisterHost:
-		return &RegisterHost{}
-	case CmdPlaceJob:
-		return &PlaceJob{}
-	case CmdReportJob:
-		return &ReportJob{}
+	if ct, ok := commandTypes[t]; ok {
+		return ct.new()
 	}
 	return nil
 }
@@ -120,13 +238,37 @@ func EncodeCommand(c Command) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proto: encode %v: %w", c.CommandType(), err)
 	}
+	return frameCommand(c.CommandType(), payload), nil
+}
+
+// EncodeSubmitJobs frames a SubmitJobs command from items that are each
+// already JSON-encoded SubmitItems. The leader's HTTP handlers encode their
+// own item concurrently, so the one goroutine that gathers a batch only
+// concatenates bytes.
+func EncodeSubmitJobs(items [][]byte) []byte {
+	n := len(`{"items":[]}`) + len(items)
+	for _, it := range items {
+		n += len(it)
+	}
+	payload := make([]byte, 0, n)
+	payload = append(payload, `{"items":[`...)
+	for i, it := range items {
+		if i > 0 {
+			payload = append(payload, ',')
+		}
+		payload = append(payload, it...)
+	}
+	payload = append(payload, "]}"...)
+	return frameCommand(CmdSubmitJobs, payload)
+}
+
+func frameCommand(t CommandType, payload []byte) []byte {
 	buf := make([]byte, 0, len(payload)+2+2*binary.MaxVarintLen64+4)
 	buf = append(buf, commandMagic, CommandEncodingVersion)
-	buf = binary.AppendUvarint(buf, uint64(c.CommandType()))
+	buf = binary.AppendUvarint(buf, uint64(t))
 	buf = binary.AppendUvarint(buf, uint64(len(payload)))
 	buf = append(buf, payload...)
-	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf, castagnoli))
-	return buf, nil
+	return binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf, castagnoli))
 }
 
 // DecodeCommand parses one framed command. It never panics on bad input:
@@ -162,7 +304,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	}
 	c := newCommand(CommandType(t))
 	if c == nil {
-		return nil, fmt.Errorf("%w: %d (this build knows 1..%d; upgrade before replaying this log)", ErrUnknownCommand, t, uint64(CmdReportJob))
+		return nil, fmt.Errorf("%w: %d (this build knows 1..%d; upgrade before replaying this log)", ErrUnknownCommand, t, uint64(maxCommandType))
 	}
 	dec := json.NewDecoder(bytes.NewReader(rest))
 	dec.DisallowUnknownFields()

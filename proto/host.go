@@ -37,6 +37,10 @@ type Host struct {
 	Version      string           `json:"version,omitempty"`
 	RegisteredAt time.Time        `json:"registered_at"`
 	Index        uint64           `json:"index,omitempty"`
+	// DownAt is set while the coordinator considers the host down (it
+	// missed heartbeats past the grace); its next registration clears it.
+	DownAt     *time.Time `json:"down_at,omitempty"`
+	DownReason string     `json:"down_reason,omitempty"`
 }
 
 // CachedBlob is a blob held on a host outside any worker.
@@ -131,4 +135,7 @@ type ErrorBody struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// Leader is the HTTP address of the Raft leader, when a node that cannot
+	// serve a write knows it: a hint where to retry.
+	Leader string `json:"leader,omitempty"`
 }

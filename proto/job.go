@@ -19,18 +19,19 @@ const (
 	JobSucceeded JobState = "succeeded"
 	JobFailed    JobState = "failed"
 	JobCancelled JobState = "cancelled"
+	JobTimedOut  JobState = "timed_out" // ran past its timeout, or waited in the queue past its TTL
 )
 
 // Terminal reports whether no further transition can follow s.
 func (s JobState) Terminal() bool {
-	return s == JobSucceeded || s == JobFailed || s == JobCancelled
+	return s == JobSucceeded || s == JobFailed || s == JobCancelled || s == JobTimedOut
 }
 
 // Valid reports whether s is one of the known states.
 func (s JobState) Valid() bool {
 	switch s {
 	case JobQueued, JobPlaced, JobFetching, JobLoading, JobRunning, JobUploading,
-		JobSucceeded, JobFailed, JobCancelled:
+		JobSucceeded, JobFailed, JobCancelled, JobTimedOut:
 		return true
 	}
 	return false
@@ -40,7 +41,7 @@ func (s JobState) Valid() bool {
 // report progress through a placement, never back to queued or placed.
 func (s JobState) AgentReportable() bool {
 	switch s {
-	case JobFetching, JobLoading, JobRunning, JobUploading, JobSucceeded, JobFailed:
+	case JobFetching, JobLoading, JobRunning, JobUploading, JobSucceeded, JobFailed, JobTimedOut:
 		return true
 	}
 	return false
@@ -63,6 +64,21 @@ type JobSpec struct {
 	Exec     *ExecPayload      `json:"exec,omitempty"`
 	Priority int               `json:"priority,omitempty"`
 	Labels   map[string]string `json:"labels,omitempty"`
+
+	// TimeoutS bounds one attempt's run, from pickup to the final report;
+	// the agent stops the run and the job ends timed_out. Zero: the
+	// coordinator's default.
+	TimeoutS float64 `json:"timeout_s,omitempty"`
+	// QueueTTLS bounds how long the job may wait for a placement before it
+	// ends timed_out. Zero: no limit.
+	QueueTTLS float64 `json:"queue_ttl_s,omitempty"`
+	// MaxAttempts bounds placements: a job whose host goes down is requeued
+	// until it has been placed this many times, then fails. Zero: the
+	// coordinator's default (3).
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// Webhook is an http(s) URL that receives a signed POST when the job
+	// reaches a terminal state.
+	Webhook string `json:"webhook,omitempty"`
 }
 
 // WorkerPayload is handed as-is to a worker's run call; Models names the
@@ -134,7 +150,10 @@ type Placement struct {
 	GPU  int    `json:"gpu"`
 	Slot int    `json:"slot"`
 	// Epoch identifies this placement; an agent's report must carry it, so a
-	// report from an older placement of the same job is refused.
+	// report from an older placement of the same job is refused. It is the
+	// Raft index of the entry that made the placement, shifted left 16
+	// bits, plus the placement's position in that entry: unique, and
+	// ordered as the scheduler placed.
 	Epoch      uint64           `json:"epoch"`
 	Models     []ModelPlacement `json:"models"`
 	QueueWaitS float64          `json:"queue_wait_s"`
@@ -159,11 +178,17 @@ type Output struct {
 
 // Job is the coordinator's record of a job, as the API returns it.
 type Job struct {
-	ID          string     `json:"id"`
-	Spec        JobSpec    `json:"spec"`
-	Models      []ModelRef `json:"models"`
-	State       JobState   `json:"state"`
-	Attempts    int        `json:"attempts"`
+	ID     string     `json:"id"`
+	Spec   JobSpec    `json:"spec"`
+	Models []ModelRef `json:"models"`
+	State  JobState   `json:"state"`
+	// Attempts counts placements since submission or the last manual
+	// retry; Retries counts manual retries.
+	Attempts int `json:"attempts"`
+	Retries  int `json:"retries,omitempty"`
+	// NotBefore holds a requeued job back from placement until then, so a
+	// job that keeps losing its host backs off.
+	NotBefore   *time.Time `json:"not_before,omitempty"`
 	Placement   *Placement `json:"placement,omitempty"`
 	Progress    *Progress  `json:"progress,omitempty"`
 	SubmittedAt time.Time  `json:"submitted_at"`
@@ -175,8 +200,70 @@ type Job struct {
 	RunS    float64  `json:"run_s"`
 	Outputs []Output `json:"outputs,omitempty"`
 	Error   string   `json:"error,omitempty"`
+	// IdempotencyKey is the client's Idempotency-Key header, if it sent one.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// History lists the job's state and placement events, oldest first;
+	// progress is not kept here (only the latest, in Progress).
+	History []JobEvent `json:"history,omitempty"`
+	// Webhooks is the delivery state of the job's webhook, one entry per
+	// terminal state it reached (a retried job can end more than once).
+	Webhooks []WebhookDelivery `json:"webhooks,omitempty"`
 	// Index is the Raft index of the entry that last changed the job.
 	Index uint64 `json:"index"`
+}
+
+// Event types of a job's event stream.
+const (
+	EventState     = "state"     // the job moved to another state
+	EventPlacement = "placement" // the scheduler placed the job
+	EventProgress  = "progress"  // a running job reported progress
+)
+
+// JobEvent is one entry of a job's event stream (SSE) and history. ID is
+// cluster-wide and the same on every coordinator node: the Raft index of
+// the entry that caused it, shifted left 16 bits, plus its position among
+// that entry's events. A client can thus resume on any node.
+type JobEvent struct {
+	ID        uint64     `json:"id"`
+	Type      string     `json:"type"`
+	JobID     string     `json:"job_id"`
+	Time      time.Time  `json:"time"`
+	State     JobState   `json:"state,omitempty"`
+	Attempt   int        `json:"attempt,omitempty"`
+	Error     string     `json:"error,omitempty"`
+	Placement *Placement `json:"placement,omitempty"`
+	Progress  *Progress  `json:"progress,omitempty"`
+}
+
+// EventID composes a JobEvent ID from a log index and a position.
+func EventID(index uint64, seq int) uint64 { return index<<16 | uint64(seq&0xffff) }
+
+// EventIndex returns the log index an event ID came from.
+func EventIndex(id uint64) uint64 { return id >> 16 }
+
+// Delivery states of a webhook.
+const (
+	DeliveryPending   = "pending"
+	DeliveryDelivered = "delivered"
+	DeliveryFailed    = "failed" // gave up after the retry window, or the receiver refused for good
+)
+
+// WebhookDelivery is one webhook message and where its delivery stands.
+// It lives in the replicated state, so a new leader carries on delivering
+// what the old one had not finished: delivery is at least once.
+type WebhookDelivery struct {
+	// ID is the Standard Webhooks webhook-id, the same on every retry so
+	// receivers can deduplicate.
+	ID         string     `json:"id"`
+	URL        string     `json:"url"`
+	Event      string     `json:"event"` // job.succeeded, job.failed, job.cancelled, job.timed_out
+	State      string     `json:"state"`
+	Attempts   int        `json:"attempts"`
+	CreatedAt  time.Time  `json:"created_at"`
+	NextAt     time.Time  `json:"next_at"`
+	LastStatus int        `json:"last_status,omitempty"`
+	LastError  string     `json:"last_error,omitempty"`
+	DoneAt     *time.Time `json:"done_at,omitempty"`
 }
 
 // Clone returns a deep copy, so a reader can hold a Job while the FSM moves on.
@@ -184,6 +271,8 @@ func (j *Job) Clone() *Job {
 	c := *j
 	c.Models = append([]ModelRef(nil), j.Models...)
 	c.Outputs = append([]Output(nil), j.Outputs...)
+	c.History = append([]JobEvent(nil), j.History...)
+	c.Webhooks = append([]WebhookDelivery(nil), j.Webhooks...)
 	if j.Placement != nil {
 		p := *j.Placement
 		p.Models = append([]ModelPlacement(nil), j.Placement.Models...)

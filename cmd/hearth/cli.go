@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,12 +23,20 @@ func defaultAddr() string {
 	return "http://127.0.0.1:7700"
 }
 
+// newClient returns a client for the --addr nodes with the --token.
+func newClient(addr, token string) *client.Client {
+	return client.New(addr, nil).WithToken(token)
+}
+
 func runJob(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usagef("job needs a subcommand: submit, get or ls")
+		return usagef("job needs a subcommand: submit, get, ls, cancel, retry or watch")
 	}
 	fs := newFlags("job "+args[0], stderr)
-	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
+	addr := fs.String("addr", defaultAddr(), "coordinator API URL (several, comma-separated, to fail over)")
+	token := fs.String("token", os.Getenv("HEARTH_TOKEN"), "bearer token (default $HEARTH_TOKEN)")
+	key := fs.String("idempotency-key", "", "submit: a key that makes retrying this submission safe")
+	reason := fs.String("reason", "", "cancel: why, recorded on the job")
 	wait := fs.Bool("wait", false, "submit: wait for the job to finish and print it")
 	timeout := fs.Duration("timeout", 10*time.Minute, "submit --wait: give up after this long")
 	state := fs.String("state", "", "ls: only jobs in this state")
@@ -44,7 +53,7 @@ func runJob(args []string, stdout, stderr io.Writer) error {
 			pos, rest = append(pos, rest[0]), rest[1:]
 		}
 	}
-	api := client.New(*addr, nil)
+	api := newClient(*addr, *token)
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout+30*time.Second)
 	defer cancel()
 	switch sub {
@@ -56,11 +65,17 @@ func runJob(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		j, err := api.SubmitRaw(ctx, body)
+		opt := client.SubmitOptions{IdempotencyKey: *key}
+		if *wait {
+			// The coordinator holds the answer up to a minute; past that,
+			// poll.
+			opt.Wait = min(*timeout, time.Minute)
+		}
+		j, _, err := api.Submit(ctx, body, opt)
 		if err != nil {
 			return err
 		}
-		if *wait {
+		if *wait && !j.State.Terminal() {
 			wctx, wcancel := context.WithTimeout(ctx, *timeout)
 			defer wcancel()
 			if j, err = api.WaitJob(wctx, j.ID, 200*time.Millisecond); err != nil {
@@ -68,6 +83,29 @@ func runJob(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		return printJSON(stdout, j)
+	case "cancel", "retry":
+		if len(pos) != 1 {
+			return usagef("job %s needs one job ID", sub)
+		}
+		var j *proto.Job
+		var err error
+		if sub == "cancel" {
+			j, err = api.Cancel(ctx, pos[0], *reason)
+		} else {
+			j, err = api.Retry(ctx, pos[0])
+		}
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, j)
+	case "watch":
+		if len(pos) != 1 {
+			return usagef("job watch needs one job ID")
+		}
+		return api.WatchJob(ctx, pos[0], 0, func(ev client.Event) error {
+			_, err := fmt.Fprintf(stdout, "%s %s\n", ev.Type, ev.Data)
+			return err
+		})
 	case "get":
 		if len(pos) != 1 {
 			return usagef("job get needs one job ID")
@@ -94,7 +132,7 @@ func runJob(args []string, stdout, stderr io.Writer) error {
 		}
 		return tw.Flush()
 	}
-	return usagef("unknown job subcommand %q; use submit, get or ls", sub)
+	return usagef("unknown job subcommand %q; use submit, get, ls, cancel, retry or watch", sub)
 }
 
 // readSpecFile reads a job spec, or wraps a bare ComfyUI API-format prompt
@@ -124,11 +162,12 @@ func lsClient(noun string, args []string, stderr io.Writer) (*client.Client, con
 	}
 	fs := newFlags(noun+" ls", stderr)
 	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
+	token := fs.String("token", os.Getenv("HEARTH_TOKEN"), "bearer token (default $HEARTH_TOKEN)")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	return client.New(*addr, nil), ctx, cancel, nil
+	return newClient(*addr, *token), ctx, cancel, nil
 }
 
 func runModel(args []string, stdout, stderr io.Writer) error {
@@ -251,4 +290,52 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// runOperator runs "operator raft peers" and "operator raft remove-peer ID".
+func runOperator(args []string, stdout, stderr io.Writer) error {
+	if len(args) < 2 || args[0] != "raft" || (args[1] != "peers" && args[1] != "remove-peer") {
+		return usagef("operator needs: raft peers, or raft remove-peer ID")
+	}
+	fs := newFlags("operator raft "+args[1], stderr)
+	addr := fs.String("addr", defaultAddr(), "coordinator API URL")
+	token := fs.String("token", os.Getenv("HEARTH_TOKEN"), "bearer token (default $HEARTH_TOKEN; remove-peer needs the admin scope)")
+	if err := parseFlags(fs, args[2:]); err != nil {
+		return err
+	}
+	api := newClient(*addr, *token)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var st struct {
+		Leader struct {
+			ID string `json:"id"`
+		} `json:"leader"`
+		Voters []struct {
+			ID       string `json:"id"`
+			Address  string `json:"address"`
+			HTTPAddr string `json:"http_addr"`
+			Suffrage string `json:"suffrage"`
+		} `json:"voters"`
+		LastIndex uint64 `json:"last_index"`
+	}
+	if args[1] == "remove-peer" {
+		if fs.NArg() != 1 {
+			return usagef("operator raft remove-peer needs one node ID")
+		}
+		if _, err := api.Do(ctx, "POST", "/v1/operator/raft/remove-peer", map[string]string{"id": fs.Arg(0)}, &st); err != nil {
+			return err
+		}
+	} else if _, err := api.Do(ctx, "GET", "/v1/operator/raft/peers", nil, &st); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tRAFT_ADDRESS\tHTTP_ADDRESS\tSTATE\tSUFFRAGE")
+	for _, v := range st.Voters {
+		state := "follower"
+		if v.ID == st.Leader.ID {
+			state = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.ID, v.Address, cmp.Or(v.HTTPAddr, "-"), state, strings.ToLower(v.Suffrage))
+	}
+	return tw.Flush()
 }

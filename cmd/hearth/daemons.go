@@ -28,6 +28,15 @@ func runCoordinator(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP API listen address")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "Raft listen and advertise address")
 	fs.BoolVar(&cfg.Bootstrap, "bootstrap", false, "form a new single-voter cluster if the data dir is empty")
+	peers := fs.String("peers", "", "initial voters, id=raft-host:port,... (this node included; the same list on every node)")
+	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new cluster once this many nodes (with --join) have found each other")
+	join := fs.String("join", "", "HTTP URLs of other coordinators, comma-separated: discover them (--bootstrap-expect) or join their cluster")
+	fs.DurationVar(&cfg.HeartbeatGrace, "heartbeat-grace", cfg.HeartbeatGrace, "mark a host down after this long without a heartbeat")
+	tokensFile := fs.String("tokens-file", "", "file of bearer tokens, one name:scope[,scope]:secret per line (enables auth)")
+	fs.StringVar(&cfg.ClusterToken, "cluster-token", os.Getenv("HEARTH_CLUSTER_TOKEN"), "admin token this node presents to other coordinators (default $HEARTH_CLUSTER_TOKEN)")
+	webhookSecretFile := fs.String("webhook-secret-file", "", "file holding the whsec_... key that signs webhooks")
+	webhookHosts := fs.String("webhook-allow-hosts", "", "comma-separated hosts webhooks may go to (*.example.com allows subdomains); empty allows any")
+	fs.BoolVar(&cfg.RaftFastTimeouts, "raft-fast-timeouts", false, "short Raft timeouts, for tests on loopback")
 	maxBody := fs.String("max-body", "16MiB", "largest request body accepted")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -41,6 +50,26 @@ func runCoordinator(args []string, stderr io.Writer) error {
 		return usagef("--max-body: %v", err)
 	}
 	cfg.MaxBodyBytes = int(n)
+	if cfg.Peers, err = coordinator.ParsePeers(*peers); err != nil {
+		return usagef("--peers: %v", err)
+	}
+	cfg.Join = splitList(*join)
+	cfg.WebhookAllowHosts = splitList(*webhookHosts)
+	if *tokensFile != "" {
+		if cfg.Tokens, err = readTokens(*tokensFile); err != nil {
+			return usagef("--tokens-file: %v", err)
+		}
+	}
+	if *webhookSecretFile != "" {
+		b, err := os.ReadFile(*webhookSecretFile)
+		if err != nil {
+			return usagef("--webhook-secret-file: %v", err)
+		}
+		cfg.WebhookSecret = strings.TrimSpace(string(b))
+	}
+	if err := coordinator.ValidateConfig(&cfg); err != nil {
+		return usagef("%v", err)
+	}
 	if cfg.Logger, err = newLogger(stderr, *logLevel); err != nil {
 		return err
 	}
@@ -55,11 +84,48 @@ func runCoordinator(args []string, stderr io.Writer) error {
 	return srv.Close()
 }
 
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// readTokens reads a tokens file: one name:scope[,scope]:secret per line;
+// blank lines and lines starting with # are skipped.
+func readTokens(path string) ([]coordinator.Token, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []coordinator.Token
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		t, err := coordinator.ParseToken(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s line %d: %v", path, i+1, err)
+		}
+		out = append(out, t)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no tokens", path)
+	}
+	return out, nil
+}
+
 func runAgent(args []string, stderr io.Writer) error {
 	cfg := agent.DefaultConfig()
 	fs := newFlags("agent", stderr)
 	fs.StringVar(&cfg.HostID, "host-id", cfg.HostID, "this host's id (default: the hostname)")
-	fs.StringVar(&cfg.CoordinatorURL, "coordinator", cfg.CoordinatorURL, "URL of any coordinator node")
+	fs.StringVar(&cfg.CoordinatorURL, "coordinator", cfg.CoordinatorURL, "URL of any coordinator node, or several, comma-separated")
+	fs.StringVar(&cfg.Token, "token", os.Getenv("HEARTH_TOKEN"), "bearer token with the agent scope (default $HEARTH_TOKEN)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the blob cache and job outputs (required)")
 	fs.StringVar(&cfg.OriginDir, "origin-dir", "", "local origin directory holding model files (required)")
 	sim := fs.String("sim-gpus", "Simulated H200:141GiB", "inventory used when NVML is unavailable: NAME:SIZE[,NAME:SIZE...]")

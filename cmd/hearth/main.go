@@ -26,11 +26,17 @@ Local cluster:
   dev           run a one-node cluster with a simulated GPU on the default ports
   demo          run the example workflows cold then warm on an embedded cluster
 Client (talk to --addr, default $HEARTH_ADDR or http://127.0.0.1:7700):
-  job submit FILE [--wait]   submit a workflow or job spec
+  job submit FILE [--wait] [--idempotency-key K]   submit a workflow or job spec
   job get ID                 show a job
   job ls [--state S]         list jobs
+  job cancel ID [--reason R] cancel a job (its run stops)
+  job retry ID               requeue a failed, cancelled or timed-out job
+  job watch ID               follow a job's events until it ends
   model ls                   list the model catalog
   host ls                    list hosts and their slots
+  operator raft peers        list the coordinators' Raft voters
+  operator raft remove-peer ID   remove a coordinator from the Raft group
+  bench submit               measure job acceptance on a loopback cluster
 Other:
   version       print the version
 
@@ -72,6 +78,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runModel(rest, stdout, stderr)
 	case "host":
 		err = runHost(rest, stdout, stderr)
+	case "operator":
+		err = runOperator(rest, stdout, stderr)
+	case "bench":
+		err = runBench(rest, stdout, stderr)
 	case "refworker":
 		// The reference worker the agent starts per slot (hidden: it speaks
 		// the worker protocol on stdin/stdout, not to people).

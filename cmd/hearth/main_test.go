@@ -42,7 +42,7 @@ func TestUsageErrorsExitTwoWithASentence(t *testing.T) {
 		{[]string{"agent", "--data-dir", "x"}, "needs --data-dir and --origin-dir"},
 		{[]string{"agent", "--data-dir", "x", "--origin-dir", "y", "--sim-gpus", "nosize"}, "NAME:SIZE"},
 		{[]string{"agent", "--data-dir", "x", "--origin-dir", "y", "--slot-size", "-3GiB"}, "--slot-size"},
-		{[]string{"job"}, "submit, get or ls"},
+		{[]string{"job"}, "submit, get, ls, cancel, retry or watch"},
 		{[]string{"job", "submit"}, "needs one FILE"},
 		{[]string{"job", "submit", "/does/not/exist.json"}, "cannot read"},
 		{[]string{"job", "explode"}, `unknown job subcommand "explode"`},

@@ -1,0 +1,149 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Event is one Server-Sent Event from a coordinator's event stream.
+type Event struct {
+	ID   uint64 // 0 when the event carried no id
+	Type string
+	Data []byte
+}
+
+// EventEnd is the type of the last event of a job's stream: its data is
+// the finished job.
+const EventEnd = "end"
+
+// SSEReader parses a text/event-stream (the WHATWG format: id, event and
+// data fields, comments and retry lines skipped).
+type SSEReader struct {
+	r *bufio.Reader
+}
+
+// NewSSEReader reads events from r.
+func NewSSEReader(r io.Reader) *SSEReader { return &SSEReader{r: bufio.NewReaderSize(r, 64<<10)} }
+
+// Next returns the next event, or io.EOF when the stream ends.
+func (s *SSEReader) Next() (Event, error) {
+	var ev Event
+	var data []string
+	seen := false
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			if errors.Is(err, io.EOF) && seen {
+				return ev, io.ErrUnexpectedEOF
+			}
+			return ev, err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			if !seen {
+				continue
+			}
+			ev.Data = []byte(strings.Join(data, "\n"))
+			return ev, nil
+		}
+		if strings.HasPrefix(line, ":") {
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "id":
+			seen = true
+			if n, err := strconv.ParseUint(value, 10, 64); err == nil {
+				ev.ID = n
+			}
+		case "event":
+			seen = true
+			ev.Type = value
+		case "data":
+			seen = true
+			data = append(data, value)
+		}
+	}
+}
+
+// WatchJob follows a job's event stream from after (0: from the start),
+// calling fn for each event, until the job ends (after the EventEnd event),
+// fn returns an error, or ctx ends. Streams that break are resumed from
+// the last event id, on the next node if the client knows several.
+func (c *Client) WatchJob(ctx context.Context, id string, after uint64, fn func(Event) error) error {
+	return c.watch(ctx, "/v1/jobs/"+url.PathEscape(id)+"/events", after, fn)
+}
+
+// WatchAll follows the cluster-wide event stream until fn returns an error
+// or ctx ends.
+func (c *Client) WatchAll(ctx context.Context, after uint64, fn func(Event) error) error {
+	return c.watch(ctx, "/v1/events", after, fn)
+}
+
+func (c *Client) watch(ctx context.Context, path string, after uint64, fn func(Event) error) error {
+	for failures := 0; ; {
+		done, err := c.watchOnce(ctx, path, &after, fn)
+		if done || ctx.Err() != nil {
+			return err
+		}
+		var ae *Error
+		if errors.As(err, &ae) && ae.Status < 500 {
+			return err
+		}
+		if failures++; failures > 8 {
+			return fmt.Errorf("client: event stream %s: %w", path, err)
+		}
+	}
+}
+
+// watchOnce reads one connection's worth of events. done is true when the
+// stream ended for good (the job ended, or fn failed).
+func (c *Client) watchOnce(ctx context.Context, path string, after *uint64, fn func(Event) error) (done bool, err error) {
+	cur := c.cur.Load()
+	base := c.bases[int(cur)%len(c.bases)]
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+	if err != nil {
+		return true, err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if *after > 0 {
+		req.Header.Set("Last-Event-ID", strconv.FormatUint(*after, 10))
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.failover(cur)
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return false, decodeError(resp.StatusCode, data)
+	}
+	r := NewSSEReader(resp.Body)
+	for {
+		ev, err := r.Next()
+		if err != nil {
+			return false, err
+		}
+		if ev.ID > 0 {
+			*after = ev.ID
+		}
+		if err := fn(ev); err != nil {
+			return true, err
+		}
+		if ev.Type == EventEnd {
+			return true, nil
+		}
+	}
+}
