@@ -6,6 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -124,5 +128,74 @@ func TestAgentReregistersWithAFreshCoordinator(t *testing.T) {
 	}
 	if _, ok := s.FSM().Host("h-test"); !ok {
 		t.Fatal("the agent did not register again")
+	}
+}
+
+// Cancelling a running job reaches the agent: the assignment disappears
+// from its next long-poll answer and the run's process is killed.
+func TestCancelStopsTheRun(t *testing.T) {
+	addr := freeAddr(t)
+	s := startCoordinator(t, addr, t.TempDir())
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := agent.New(ctx, agentConfig(t, "http://"+addr, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	api := client.New(s.URL(), nil)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	spec := &proto.JobSpec{Exec: &proto.ExecPayload{Command: []string{"sh", "-c", "echo $$ > " + pidFile + "; exec sleep 60"}}}
+	j, _, err := api.Submit(ctx, spec, client.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	for pid == 0 {
+		if b, err := os.ReadFile(pidFile); err == nil && len(b) > 1 {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the job never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := api.Cancel(ctx, j.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	for syscall.Kill(pid, 0) == nil {
+		if ctx.Err() != nil {
+			t.Fatalf("process %d still runs after the job was cancelled", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got, _ := api.Job(ctx, j.ID); got.State != proto.JobCancelled {
+		t.Fatalf("job state %s after cancel", got.State)
+	}
+}
+
+// A job that runs past its timeout_s is stopped by the agent and ends
+// timed_out.
+func TestRunTimeout(t *testing.T) {
+	addr := freeAddr(t)
+	s := startCoordinator(t, addr, t.TempDir())
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := agent.New(ctx, agentConfig(t, "http://"+addr, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	api := client.New(s.URL(), nil)
+	spec := &proto.JobSpec{Exec: &proto.ExecPayload{Command: []string{"sleep", "60"}}, TimeoutS: 0.5}
+	j, _, err := api.Submit(ctx, spec, client.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err = api.WaitJob(ctx, j.ID, 50*time.Millisecond)
+	if err != nil || j.State != proto.JobTimedOut || !strings.Contains(j.Error, "timeout_s=0.5") {
+		t.Fatalf("job = %s %q, %v", j.State, j.Error, err)
 	}
 }

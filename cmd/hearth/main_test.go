@@ -18,9 +18,11 @@ import (
 	"github.com/hearth-gpu/hearth/proto"
 )
 
-// TestMain lets the test binary act as the reference worker for the agent.
+// TestMain lets the test binary act as the reference worker for the agent,
+// and as the hearth command for the multi-process cluster tests.
 func TestMain(m *testing.M) {
 	refworker.ServeIfTestChild()
+	serveIfHearthChild()
 	os.Exit(m.Run())
 }
 
