@@ -38,6 +38,7 @@ demo: build ## run the example workflows cold then warm on an embedded one-node 
 .PHONY: bench
 bench: ## run the benchmarks; each prints its figure beside a same-run baseline
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./coordinator/ ./cachefs/
+	$(GO) run ./cmd/hearth bench submit --clients 64 --duration 10s
 
 .PHONY: fuzz
 fuzz: ## fuzz the workflow parser and the Raft command decoder for 60 s each

@@ -41,8 +41,8 @@ import (
 type FSM struct {
 	mu     sync.RWMutex
 	jobs   map[string]*proto.Job
-	live   map[string]struct{} // ids of jobs not yet terminal: the scheduler's working set
-	hooks  map[string]struct{} // ids of jobs with a pending webhook delivery
+	live   map[string]*proto.Job // jobs not yet terminal: the scheduler's working set
+	hooks  map[string]struct{}   // ids of jobs with a pending webhook delivery
 	idem   map[string]idemEntry
 	models map[string]*proto.Model
 	hosts  map[string]*proto.Host
@@ -77,7 +77,7 @@ const IdempotencyWindow = 24 * time.Hour
 func NewFSM() *FSM {
 	return &FSM{
 		jobs:    make(map[string]*proto.Job),
-		live:    make(map[string]struct{}),
+		live:    make(map[string]*proto.Job),
 		hooks:   make(map[string]struct{}),
 		idem:    make(map[string]idemEntry),
 		models:  make(map[string]*proto.Model),
@@ -228,7 +228,7 @@ func (f *FSM) store(index uint64, j *proto.Job) {
 	if j.State.Terminal() {
 		delete(f.live, j.ID)
 	} else {
-		f.live[j.ID] = struct{}{}
+		f.live[j.ID] = j
 	}
 }
 
@@ -408,7 +408,7 @@ func (f *FSM) applyHostDown(index uint64, c *proto.MarkHostDown) any {
 	f.hosts[h.ID] = &h
 	var res HostDownResult
 	for _, id := range slices.Sorted(maps.Keys(f.live)) {
-		j := f.jobs[id]
+		j := f.live[id]
 		if j.State == proto.JobQueued || j.Placement == nil || j.Placement.Host != h.ID {
 			continue
 		}
@@ -495,8 +495,12 @@ func (f *FSM) applyWebhookResults(index uint64, c *proto.WebhookResults) any {
 		if !slices.ContainsFunc(j.Webhooks, func(d proto.WebhookDelivery) bool { return d.State == proto.DeliveryPending }) {
 			delete(f.hooks, j.ID)
 		}
-		// Not f.store: delivery bookkeeping is not a change of the job.
+		// Not f.store: delivery bookkeeping is not a change of the job
+		// (its Index stays). A retried job can be live again meanwhile.
 		f.jobs[j.ID] = j
+		if _, ok := f.live[j.ID]; ok {
+			f.live[j.ID] = j
+		}
 		n++
 	}
 	return n
@@ -586,8 +590,21 @@ func (f *FSM) ActiveJobs() []*proto.Job {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make([]*proto.Job, 0, len(f.live))
-	for id := range f.live {
-		out = append(out, f.jobs[id])
+	for _, j := range f.live {
+		out = append(out, j)
+	}
+	return out
+}
+
+// QueueDepth counts queued jobs by priority.
+func (f *FSM) QueueDepth() map[int]int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make(map[int]int)
+	for _, j := range f.live {
+		if j.State == proto.JobQueued {
+			out[j.Spec.Priority]++
+		}
 	}
 	return out
 }
@@ -616,8 +633,7 @@ func (f *FSM) Assignments(host string) []proto.Assignment {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []proto.Assignment
-	for id := range f.live {
-		j := f.jobs[id]
+	for _, j := range f.live {
 		if j.Placement == nil || j.Placement.Host != host {
 			continue
 		}

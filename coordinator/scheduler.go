@@ -33,6 +33,20 @@ type scheduler struct {
 
 	mu      sync.Mutex
 	avgRunS float64 // moving average of observed run times
+
+	lastDepth time.Time // when the queue-depth gauge was last set (run's goroutine only)
+}
+
+// anyHostUp reports whether some registered host is heartbeating, not
+// draining and not marked down: whether a pass could place anything.
+func (sc *scheduler) anyHostUp() bool {
+	for _, h := range sc.s.fsm.Hosts() {
+		beat, _, alive := sc.s.hosts.get(h.ID, sc.s.cfg.HeartbeatGrace)
+		if alive && !beat.Draining && h.DownAt == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func newScheduler(s *Server) *scheduler {
@@ -78,16 +92,29 @@ func (sc *scheduler) observe(cmd proto.Command, res any) {
 	}
 }
 
+// minPassGap spaces passes out under a flood of wake-ups (every accepted
+// batch pokes): a pass looks at the whole queue, so back-to-back passes
+// would spend the leader's CPU re-sorting it instead of accepting jobs.
+const minPassGap = 10 * time.Millisecond
+
 func (sc *scheduler) run(ctx context.Context) {
 	t := time.NewTicker(sc.s.cfg.SchedulerInterval)
 	defer t.Stop()
 	for {
+		start := time.Now()
 		sc.pass(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-sc.wake:
 		case <-t.C:
+		}
+		if gap := minPassGap - time.Since(start); gap > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(gap):
+			}
 		}
 	}
 }
@@ -114,8 +141,17 @@ type candidate struct {
 
 func (sc *scheduler) pass(ctx context.Context) {
 	s := sc.s
-	active := s.fsm.ActiveJobs()
 	now := s.cfg.Now()
+	if !sc.anyHostUp() {
+		// Nowhere to place. The queue is counted for the metric at most
+		// once per SchedulerInterval, not on every wake-up.
+		if now.Sub(sc.lastDepth) >= s.cfg.SchedulerInterval {
+			sc.lastDepth = now
+			s.metrics.setQueueDepth(s.fsm.QueueDepth())
+		}
+		return
+	}
+	active := s.fsm.ActiveJobs()
 	var queued []*proto.Job
 	depth := make(map[int]int)
 	for _, j := range active {
@@ -127,17 +163,18 @@ func (sc *scheduler) pass(ctx context.Context) {
 			queued = append(queued, j)
 		}
 	}
+	sc.lastDepth = now
 	s.metrics.setQueueDepth(depth)
 	if len(queued) == 0 {
+		return
+	}
+	slots := sc.slotViews(active)
+	if len(slots) == 0 {
 		return
 	}
 	slices.SortFunc(queued, func(a, b *proto.Job) int {
 		return cmp.Or(cmp.Compare(b.Spec.Priority, a.Spec.Priority), a.SubmittedAt.Compare(b.SubmittedAt), cmp.Compare(a.ID, b.ID))
 	})
-	slots := sc.slotViews(active)
-	if len(slots) == 0 {
-		return
-	}
 	// One pass proposes all its placements in one entry: the FSM checks
 	// each on its own, and the views below already account for the earlier
 	// ones, as they would after applying them one by one.
@@ -215,11 +252,17 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 			}
 		}
 	}
-	slices.SortFunc(active, func(a, b *proto.Job) int { return cmp.Compare(a.Index, b.Index) })
+	if len(out) == 0 {
+		return nil
+	}
+	var placed []*proto.Job
 	for _, j := range active {
-		if j.Placement == nil {
-			continue
+		if j.Placement != nil {
+			placed = append(placed, j)
 		}
+	}
+	slices.SortFunc(placed, func(a, b *proto.Job) int { return cmp.Compare(a.Placement.Epoch, b.Placement.Epoch) })
+	for _, j := range placed {
 		if sv, ok := byKey[[3]any{j.Placement.Host, j.Placement.GPU, j.Placement.Slot}]; ok {
 			sv.pending = append(sv.pending, j)
 			for _, m := range j.Models {

@@ -169,11 +169,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("coordinator: snapshot header promises %d models, %d hosts, %d jobs, %d coordinators, %d keys; records hold %d, %d, %d, %d, %d",
 			hdr.Models, hdr.Hosts, hdr.Jobs, hdr.Coords, hdr.Idem, len(models), len(hosts), len(jobs), len(coords), len(idem))
 	}
-	live := make(map[string]struct{})
+	live := make(map[string]*proto.Job)
 	hooks := make(map[string]struct{})
 	for id, j := range jobs {
 		if !j.State.Terminal() {
-			live[id] = struct{}{}
+			live[id] = j
 		}
 		if slices.ContainsFunc(j.Webhooks, func(d proto.WebhookDelivery) bool { return d.State == proto.DeliveryPending }) {
 			hooks[id] = struct{}{}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +40,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	nodes := fs.Int("nodes", 3, "coordinators in the cluster (a 1-node run follows for comparison)")
 	clients := fs.Int("clients", 64, "concurrent submitting clients")
 	duration := fs.Duration("duration", 10*time.Second, "how long each run submits")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	addr := fs.String("addr", "", "bench an existing cluster at this URL instead of starting one")
 	token := fs.String("token", os.Getenv("HEARTH_TOKEN"), "bearer token for --addr (default $HEARTH_TOKEN)")
 	if err := parseFlags(fs, args[1:]); err != nil {
@@ -50,6 +52,17 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	body, err := benchWorkflow()
 	if err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return usagef("--cpuprofile: %v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	fmt.Fprintf(stdout, "workflow: sdxl_txt2img (API format, indented as ComfyUI exports it), %d bytes; %d clients; %s per run\n", len(body), *clients, *duration)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
@@ -102,21 +115,33 @@ type benchBaseline struct{ healthz, fsync time.Duration }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// benchWorkflow is the SDXL example pretty-printed the way ComfyUI's
-// "Save (API Format)" writes it, about 3 KB.
+// benchWorkflow is the SDXL example as ComfyUI's "Export (API)" writes a
+// real one: every node with its _meta title, a prompt of typical length,
+// indented by two spaces: about 3 KB.
 func benchWorkflow() ([]byte, error) {
 	for _, w := range examples.Workflows() {
-		if w.Name == "sdxl_txt2img" {
-			var v any
-			if err := json.Unmarshal(w.JSON, &v); err != nil {
-				return nil, err
-			}
-			wf, err := json.MarshalIndent(v, "", "    ")
-			if err != nil {
-				return nil, err
-			}
-			return json.Marshal(map[string]json.RawMessage{"workflow": wf})
+		if w.Name != "sdxl_txt2img" {
+			continue
 		}
+		var nodes map[string]map[string]any
+		if err := json.Unmarshal(w.JSON, &nodes); err != nil {
+			return nil, err
+		}
+		for _, n := range nodes {
+			n["_meta"] = map[string]string{"title": fmt.Sprint(n["class_type"])}
+			if in, ok := n["inputs"].(map[string]any); ok && in["text"] != nil && in["text"] != "blurry, low quality" {
+				in["text"] = "a cosy hearth in a stone cottage at dusk, warm light spilling across worn oak floorboards, " +
+					"a sleeping cat on a knitted rug, copper kettle on the hob, snow falling past leaded windows, " +
+					"cinematic lighting, volumetric haze, 35mm photograph, shallow depth of field, highly detailed, " +
+					"sharp focus, film grain, muted earthy palette, golden hour glow, masterpiece, best quality"
+			}
+		}
+		wf, err := json.MarshalIndent(nodes, "  ", "  ")
+		if err != nil {
+			return nil, err
+		}
+		// Not json.Marshal: it would compact the indented workflow.
+		return slices.Concat([]byte("{\n  \"workflow\": "), wf, []byte("\n}\n")), nil
 	}
 	return nil, errors.New("bench: the sdxl_txt2img example is missing")
 }
