@@ -52,9 +52,10 @@ type FSM struct {
 	changed chan struct{}
 	events  []proto.JobEvent // emitted by the entry being applied
 
-	// onApply, if set, is called after each applied command outside mu; the
-	// server uses it to wake the scheduler and count metrics.
-	onApply func(proto.Command, any)
+	// onApply, if set, is called after each applied command outside mu,
+	// with how long decoding and applying it took; the server uses it to
+	// wake the leader's loops and count metrics.
+	onApply func(cmd proto.Command, res any, took time.Duration)
 	// onEvents, if set, receives each entry's events outside mu, in order.
 	onEvents func([]proto.JobEvent)
 }
@@ -119,6 +120,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
+	start := time.Now()
 	cmd, err := proto.DecodeCommand(l.Data)
 	if err != nil {
 		// Refusing an entry we cannot read keeps this replica from silently
@@ -139,7 +141,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 		ecb(evs)
 	}
 	if cb != nil {
-		cb(cmd, res)
+		cb(cmd, res, time.Since(start))
 	}
 	return res
 }

@@ -22,6 +22,7 @@ type metrics struct {
 	raftLeader prometheus.Gauge
 
 	commitSecs  *prometheus.HistogramVec
+	applySecs   *prometheus.HistogramVec
 	batchSize   prometheus.Histogram
 	forwarded   prometheus.Histogram
 	webhooks    *prometheus.CounterVec
@@ -55,6 +56,11 @@ func newMetrics(s *Server) *metrics {
 			Help:    "Time from proposing a command to its apply on this leader, by command type.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
 		}, []string{"command"}),
+		applySecs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hearth_fsm_apply_seconds",
+			Help:    "Time to decode and apply one Raft entry to the FSM on this node, by command type.",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 2, 16),
+		}, []string{"command"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "hearth_submit_batch_jobs", Help: "Jobs per SubmitJobs entry (group commit).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
@@ -82,7 +88,7 @@ func newMetrics(s *Server) *metrics {
 		}),
 	}
 	m.reg.MustRegister(m.submitted, m.acceptSecs, m.placements, m.queueDepth, m.raftLeader,
-		m.commitSecs, m.batchSize, m.forwarded, m.webhooks, m.webhookSecs, m.hostsDown, m.requeued,
+		m.commitSecs, m.applySecs, m.batchSize, m.forwarded, m.webhooks, m.webhookSecs, m.hostsDown, m.requeued,
 		&raftCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

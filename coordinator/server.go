@@ -110,7 +110,8 @@ func (s *Server) goBackground(f func()) {
 }
 
 // observe is the FSM's after-apply hook, called on every node.
-func (s *Server) observe(cmd proto.Command, res any) {
+func (s *Server) observe(cmd proto.Command, res any, took time.Duration) {
+	s.metrics.applySecs.WithLabelValues(cmd.CommandType().String()).Observe(took.Seconds())
 	s.sched.observe(cmd, res)
 	s.hooks.observe(cmd, res)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -35,6 +36,12 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
+		// The fast path accepts exactly what the careful one does.
+		fw, fastOK := parseFast(raw)
+		cw, cerr := parseCareful(raw)
+		if fastOK && (cerr != nil || !reflect.DeepEqual(fw, cw)) {
+			t.Fatalf("parseFast accepted what parseCareful did not: %v", cerr)
+		}
 		w, err := Parse(raw)
 		if err != nil {
 			var we *Error

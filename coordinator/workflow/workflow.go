@@ -59,6 +59,15 @@ func Parse(raw []byte) (Workflow, error) {
 	if !isObject(raw) {
 		return nil, errorf("workflow", "must be a JSON object mapping node ids to nodes (ComfyUI's API format)")
 	}
+	if w, ok := parseFast(raw); ok {
+		return w, nil
+	}
+	return parseCareful(raw)
+}
+
+// parseCareful is Parse one level at a time, so that it can name the field
+// at fault.
+func parseCareful(raw []byte) (Workflow, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &top); err != nil {
 		return nil, &Error{Field: "workflow", Message: "is not valid JSON: " + err.Error(), err: err}
@@ -88,6 +97,47 @@ func Parse(raw []byte) (Workflow, error) {
 		}
 	}
 	return w, nil
+}
+
+// parseFast decodes a well-formed workflow with one pass fewer over its
+// bytes than the careful path below (it decodes the top two levels at
+// once). It gives up on anything unusual, and the careful path then finds
+// and names the problem, so both accept exactly the same workflows.
+func parseFast(raw []byte) (Workflow, bool) {
+	var top map[string]map[string]json.RawMessage
+	if json.Unmarshal(raw, &top) != nil || len(top) == 0 || len(top) > MaxNodes {
+		return nil, false
+	}
+	w := make(Workflow, len(top))
+	for id, keys := range top {
+		if id == "" || keys == nil {
+			return nil, false
+		}
+		for k := range keys {
+			if k != "class_type" && k != "inputs" && k != "_meta" {
+				return nil, false
+			}
+		}
+		n := Node{Meta: keys["_meta"], Inputs: map[string]json.RawMessage{}}
+		ct := keys["class_type"]
+		if !isString(ct) || json.Unmarshal(ct, &n.ClassType) != nil || strings.TrimSpace(n.ClassType) == "" {
+			return nil, false
+		}
+		if in, ok := keys["inputs"]; ok && !isNull(in) {
+			if !isObject(in) || json.Unmarshal(in, &n.Inputs) != nil {
+				return nil, false
+			}
+		}
+		w[id] = n
+	}
+	for id, n := range w {
+		for name, v := range n.Inputs {
+			if checkLink(w, id, name, v) != nil {
+				return nil, false
+			}
+		}
+	}
+	return w, true
 }
 
 func parseNode(id string, raw json.RawMessage) (Node, error) {
