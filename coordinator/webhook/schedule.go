@@ -1,90 +1,87 @@
 package webhook
 
 import (
-	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
-	"net/url"
-	"strings"
 	"time"
 )
 
-// Schedule is a retry schedule (see the package comment).
+// Schedule says when to retry a failed delivery: after the n-th failed
+// attempt (1-based) the next comes min(Max, Base·2^(n-1)) later, scaled by
+// a random factor in [1-Jitter, 1+Jitter], and none comes later than
+// Window after the first attempt. The package comment explains the
+// defaults.
 type Schedule struct {
-	Base, Max, Window time.Duration
-	Jitter            float64
+	Base   time.Duration // delay after the first failure
+	Max    time.Duration // longest delay between two attempts
+	Window time.Duration // no attempt starts later than this after the first
+	Jitter float64       // in [0, 1): spreads the retries of many senders
 }
 
-// DefaultSchedule retries after about 1 s, 2 s, 4 s, … up to every 10 min,
-// for 24 h.
+// DefaultSchedule retries after about 1 s, 2 s, 4 s, … 8 min 32 s, then
+// every 10 min, for 24 h: about 150 attempts.
 var DefaultSchedule = Schedule{Base: time.Second, Max: 10 * time.Minute, Window: 24 * time.Hour, Jitter: 0.2}
 
-// Validate reports a schedule that cannot work.
+// Validate reports a schedule that cannot work, in a sentence that names
+// the field to fix.
 func (s Schedule) Validate() error {
-	if s.Base <= 0 || s.Max < s.Base || s.Window <= 0 {
-		return fmt.Errorf("need 0 < base (%s) <= max (%s) and a positive window (%s)", s.Base, s.Max, s.Window)
-	}
-	if s.Jitter < 0 || s.Jitter >= 1 {
-		return fmt.Errorf("jitter %v must be in [0, 1)", s.Jitter)
+	switch {
+	case s.Base <= 0:
+		return fmt.Errorf("base %s must be positive", s.Base)
+	case s.Max < s.Base:
+		return fmt.Errorf("max %s must be at least base %s", s.Max, s.Base)
+	case s.Window <= 0:
+		return fmt.Errorf("window %s must be positive", s.Window)
+	case !(s.Jitter >= 0 && s.Jitter < 1): // written so NaN fails too
+		return fmt.Errorf("jitter %v must be at least 0 and less than 1", s.Jitter)
 	}
 	return nil
 }
 
-// Next returns when to make the next attempt after the attempt-th (1-based)
-// failed, and giveUp when that would be past the window that began with
-// the first attempt. rnd returns values in [0, 1); nil uses math/rand/v2.
+// Next returns when to make the next attempt after the attempt-th
+// (1-based) failed at now, and giveUp when that would be after
+// first+Window. rnd returns values in [0, 1) and draws the jitter; nil
+// means math/rand/v2. Next never overflows, whatever attempt is, and
+// never returns a time before now.
 func (s Schedule) Next(attempt int, first, now time.Time, rnd func() float64) (next time.Time, giveUp bool) {
-	if rnd == nil {
-		rnd = rand.Float64
-	}
-	d := s.Max
-	if attempt >= 1 && attempt <= 62 {
-		if b := s.Base << (attempt - 1); b > 0 && b < s.Max && b>>(attempt-1) == s.Base {
-			d = b
-		}
-	}
+	d := s.delay(attempt)
 	if s.Jitter > 0 {
-		d = time.Duration(float64(d) * (1 - s.Jitter + 2*s.Jitter*rnd()))
+		if rnd == nil {
+			rnd = rand.Float64
+		}
+		r := rnd()
+		if !(r >= 0) { // NaN too
+			r = 0
+		}
+		d = scale(d, 1-s.Jitter+2*s.Jitter*min(r, 1))
 	}
 	next = now.Add(d)
 	return next, next.After(first.Add(s.Window))
 }
 
-// ValidateURL accepts absolute http(s) URLs to a host, optionally limited
-// to allowHosts ("*.example.com" allows subdomains, not the apex).
-func ValidateURL(raw string, allowHosts []string) error {
-	if len(raw) > 2048 {
-		return errors.New("webhook URL is longer than 2048 bytes")
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("webhook URL %q does not parse: %v", raw, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("webhook URL scheme %q is not allowed; use http or https", u.Scheme)
-	}
-	if u.Hostname() == "" {
-		return fmt.Errorf("webhook URL %q has no host", raw)
-	}
-	if u.User != nil {
-		return errors.New("webhook URL must not carry credentials (user:password@); the payload is signed instead")
-	}
-	if u.Fragment != "" || strings.Contains(raw, "#") {
-		return errors.New("webhook URL must not have a #fragment")
-	}
-	if len(allowHosts) == 0 {
-		return nil
-	}
-	host := strings.ToLower(u.Hostname())
-	for _, a := range allowHosts {
-		a = strings.ToLower(a)
-		if suffix, ok := strings.CutPrefix(a, "*."); ok {
-			if strings.HasSuffix(host, "."+suffix) {
-				return nil
-			}
-		} else if host == a {
-			return nil
+// delay is min(Max, Base·2^(attempt-1)), doubling rather than shifting so
+// that a large attempt stops at Max instead of overflowing.
+func (s Schedule) delay(attempt int) time.Duration {
+	d := max(s.Base, 0)
+	for i := 1; i < attempt && d > 0 && d < s.Max; i++ {
+		if d > s.Max/2 {
+			d = s.Max
+			break
 		}
+		d *= 2
 	}
-	return fmt.Errorf("webhook host %q is not in this coordinator's allowlist", host)
+	return max(min(d, s.Max), 0)
+}
+
+// scale returns d·f, saturating rather than overflowing and never negative.
+func scale(d time.Duration, f float64) time.Duration {
+	x := float64(d) * f
+	switch {
+	case !(x > 0):
+		return 0
+	case x >= math.MaxInt64:
+		return math.MaxInt64
+	}
+	return time.Duration(x)
 }
