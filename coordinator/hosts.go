@@ -51,6 +51,9 @@ func (s *Server) hostView(h *proto.Host) proto.HostView {
 		v.Slots, v.Cache = beat.Slots, beat.Cache
 	}
 	switch {
+	case h.DownAt != nil:
+		// Marked down in the log (its jobs were requeued) until it
+		// registers again, whatever its last beat says.
 	case alive && beat.Draining:
 		v.Status = proto.HostDraining
 	case alive:

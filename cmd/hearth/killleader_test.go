@@ -47,9 +47,15 @@ func (p *coordProc) start(t *testing.T, peers string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(os.Args[0], "coordinator", "--node-id", p.id, "--data-dir", p.dataDir,
+	args := []string{"coordinator", "--node-id", p.id, "--data-dir", p.dataDir,
 		"--http-addr", p.httpAddr, "--raft-addr", p.raftAddr, "--peers", peers,
-		"--raft-fast-timeouts", "--heartbeat-grace", "3s", "--log-level", "warn")
+		"--heartbeat-grace", "3s", "--log-level", "warn"}
+	// Fast Raft timers keep the test short; HEARTH_TEST_RAFT_DEFAULTS=1
+	// measures the kill-to-placement time with production timers.
+	if os.Getenv("HEARTH_TEST_RAFT_DEFAULTS") != "1" {
+		args = append(args, "--raft-fast-timeouts")
+	}
+	p.cmd = exec.Command(os.Args[0], args...)
 	p.cmd.Env = append(os.Environ(), asHearthEnv+"=1")
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
