@@ -1,7 +1,9 @@
 package coordinator
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"slices"
 	"testing"
 	"time"
@@ -191,5 +193,42 @@ func TestFSMWebhookResults(t *testing.T) {
 	j, _ = h.fsm.Job("w1")
 	if j.Webhooks[0].State != proto.DeliveryDelivered || j.Webhooks[0].DoneAt == nil || len(h.fsm.PendingWebhooks()) != 0 {
 		t.Fatalf("after delivery: %+v", j.Webhooks[0])
+	}
+}
+
+// A snapshot carries what the log built beyond jobs: idempotency keys,
+// coordinator addresses, and (rebuilt on restore) the live-job and
+// pending-webhook indexes.
+func TestFSMSnapshotKeepsKeysAddressesAndIndexes(t *testing.T) {
+	h := seededFSM(t)
+	h.apply(&proto.SetCoordinator{Coordinator: proto.Coordinator{ID: "c1", HTTPAddr: "127.0.0.1:7700", RaftAddr: "127.0.0.1:7701"}})
+	h.apply(&proto.SubmitJobs{Items: []proto.SubmitItem{submitItem("k1", "key-a", "hash-a", t0), submitItem("k2", "", "", t0)}})
+	h.mustJob(&proto.CancelJob{JobID: "k2", Time: t0})
+	restored := NewFSM()
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, h.fsm)))); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := restored.Idempotent("key-a", "hash-a", t0); err != nil || j == nil || j.ID != "k1" {
+		t.Fatalf("idempotency key after restore: %v %v", j, err)
+	}
+	if _, err := restored.Idempotent("key-a", "hash-b", t0); !errors.Is(err, ErrIdempotencyConflict) {
+		t.Fatalf("conflict after restore: %v", err)
+	}
+	if co, ok := restored.Coordinator("c1"); !ok || co.HTTPAddr != "127.0.0.1:7700" {
+		t.Fatalf("coordinator after restore: %+v", co)
+	}
+	live := func(f *FSM) []string {
+		var ids []string
+		for _, j := range f.ActiveJobs() {
+			ids = append(ids, j.ID)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	if !slices.Equal(live(restored), live(h.fsm)) {
+		t.Fatalf("live jobs after restore %v, want %v", live(restored), live(h.fsm))
+	}
+	if p := restored.PendingWebhooks(); len(p) != 1 || p[0].ID != "k2" {
+		t.Fatalf("pending webhooks after restore: %v", p)
 	}
 }
