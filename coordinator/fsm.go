@@ -39,14 +39,16 @@ import (
 // one, so a long-poll can wait for "anything after index N" without polling.
 // The events an entry caused go to onEvents after mu is released.
 type FSM struct {
-	mu     sync.RWMutex
-	jobs   map[string]*proto.Job
-	live   map[string]*proto.Job // jobs not yet terminal: the scheduler's working set
-	hooks  map[string]struct{}   // ids of jobs with a pending webhook delivery
-	idem   map[string]idemEntry
-	models map[string]*proto.Model
-	hosts  map[string]*proto.Host
-	coords map[string]*proto.Coordinator
+	mu    sync.RWMutex
+	jobs  map[string]*proto.Job
+	live  map[string]*proto.Job // jobs not yet terminal: the scheduler's working set
+	hooks map[string]struct{}   // ids of jobs with a pending webhook delivery
+	idem  map[string]idemEntry
+	// idemAdds counts keys added, to sweep expired ones now and then.
+	idemAdds int
+	models   map[string]*proto.Model
+	hosts    map[string]*proto.Host
+	coords   map[string]*proto.Coordinator
 
 	index   uint64 // last applied log index
 	changed chan struct{}
@@ -278,6 +280,9 @@ func (f *FSM) applySubmit(index uint64, it *proto.SubmitItem) SubmitResult {
 	f.store(index, j)
 	if key := job.IdempotencyKey; key != "" {
 		f.idem[key] = idemEntry{Key: key, JobID: j.ID, Hash: it.RequestHash, At: now}
+		if f.idemAdds++; f.idemAdds%idemSweepEvery == 0 {
+			f.sweepIdem(now)
+		}
 	}
 	return SubmitResult{Job: j}
 }
@@ -286,6 +291,20 @@ func (f *FSM) applySubmit(index uint64, it *proto.SubmitItem) SubmitResult {
 // is the pair as one number (index<<16 | seq, the same shape as event
 // ids): distinct for every placement ever made, and ordered as the
 // scheduler decided, even among the placements of one pass.
+// idemSweepEvery is how many new keys pass between sweeps of expired ones.
+const idemSweepEvery = 4096
+
+// sweepIdem forgets keys past the window. Lookups check the age anyway, so
+// replicas that swept at different moments (one restored from a snapshot)
+// still answer alike; this only bounds memory.
+func (f *FSM) sweepIdem(now time.Time) {
+	for k, e := range f.idem {
+		if now.Sub(e.At) >= IdempotencyWindow {
+			delete(f.idem, k)
+		}
+	}
+}
+
 func (f *FSM) applyPlace(index uint64, seq int, c *proto.PlaceJob) PlaceResult {
 	old, ok := f.jobs[c.JobID]
 	if !ok {
