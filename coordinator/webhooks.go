@@ -27,6 +27,11 @@ type dispatcher struct {
 	sched  webhook.Schedule
 	wake   chan struct{}
 
+	// randomKey is set when no secret was configured; the first delivery
+	// says so (once, and only if webhooks are used at all).
+	randomKey bool
+	warnOnce  sync.Once
+
 	mu       sync.Mutex
 	inflight map[string]bool // delivery ids being sent
 	results  []proto.WebhookResult
@@ -34,23 +39,24 @@ type dispatcher struct {
 
 func newDispatcher(s *Server) (*dispatcher, error) {
 	secret := s.cfg.WebhookSecret
-	if secret == "" {
+	random := secret == ""
+	if random {
 		var err error
 		if secret, err = webhook.NewSecret(); err != nil {
 			return nil, err
 		}
-		s.log.Warn("no webhook_secret configured: signing webhooks with a random key, which receivers cannot know and which changes at restart")
 	}
 	key, err := webhook.ParseSecret(secret)
 	if err != nil {
 		return nil, err
 	}
 	return &dispatcher{
-		s:        s,
-		sender:   &webhook.Sender{Secret: key, Timeout: s.cfg.WebhookTimeout, UserAgent: "hearth-coordinator"},
-		sched:    s.cfg.WebhookSchedule,
-		wake:     make(chan struct{}, 1),
-		inflight: make(map[string]bool),
+		s:         s,
+		sender:    &webhook.Sender{Secret: key, Timeout: s.cfg.WebhookTimeout, UserAgent: "hearth-coordinator"},
+		sched:     s.cfg.WebhookSchedule,
+		randomKey: random,
+		wake:      make(chan struct{}, 1),
+		inflight:  make(map[string]bool),
 	}, nil
 }
 
@@ -131,6 +137,11 @@ func (d *dispatcher) start(ctx context.Context, wg *sync.WaitGroup) {
 }
 
 func (d *dispatcher) send(ctx context.Context, j *proto.Job, del proto.WebhookDelivery) {
+	if d.randomKey {
+		d.warnOnce.Do(func() {
+			d.s.log.Warn("no webhook secret configured: webhooks are signed with a random key that receivers cannot know and that changes at restart; set one with --webhook-secret-file")
+		})
+	}
 	now := d.s.cfg.Now().UTC()
 	body, err := json.Marshal(Payload{Type: del.Event, Timestamp: now, Data: j})
 	r := webhook.Result{Err: err}
