@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 )
 
 // Event is one Server-Sent Event from a coordinator's event stream.
@@ -22,57 +20,6 @@ type Event struct {
 // EventEnd is the type of the last event of a job's stream: its data is
 // the finished job.
 const EventEnd = "end"
-
-// SSEReader parses a text/event-stream (the WHATWG format: id, event and
-// data fields, comments and retry lines skipped).
-type SSEReader struct {
-	r *bufio.Reader
-}
-
-// NewSSEReader reads events from r.
-func NewSSEReader(r io.Reader) *SSEReader { return &SSEReader{r: bufio.NewReaderSize(r, 64<<10)} }
-
-// Next returns the next event, or io.EOF when the stream ends.
-func (s *SSEReader) Next() (Event, error) {
-	var ev Event
-	var data []string
-	seen := false
-	for {
-		line, err := s.r.ReadString('\n')
-		if err != nil {
-			if errors.Is(err, io.EOF) && seen {
-				return ev, io.ErrUnexpectedEOF
-			}
-			return ev, err
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if line == "" {
-			if !seen {
-				continue
-			}
-			ev.Data = []byte(strings.Join(data, "\n"))
-			return ev, nil
-		}
-		if strings.HasPrefix(line, ":") {
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "id":
-			seen = true
-			if n, err := strconv.ParseUint(value, 10, 64); err == nil {
-				ev.ID = n
-			}
-		case "event":
-			seen = true
-			ev.Type = value
-		case "data":
-			seen = true
-			data = append(data, value)
-		}
-	}
-}
 
 // WatchJob follows a job's event stream from after (0: from the start),
 // calling fn for each event, until the job ends (after the EventEnd event),

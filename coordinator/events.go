@@ -177,7 +177,9 @@ func (s *Server) handleAllEvents(ctx *fasthttp.RequestCtx) {
 				"message": fmt.Sprintf("events after %d are no longer held by this node; re-read the state from GET /v1/jobs", after),
 				"since":   sub.Since(),
 			})
-			if eventbus.WriteEvent(w, eventbus.Event{ID: sub.Since(), Type: "reset", Data: msg}) != nil {
+			// No id: the client's Last-Event-ID must not move past events
+			// the ring still replays after this.
+			if eventbus.WriteEvent(w, eventbus.Event{Type: "reset", Data: msg}) != nil {
 				return
 			}
 		}
