@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -15,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-gpu/hearth/agent"
+	"github.com/hearth-gpu/hearth/agent/gpu"
 	"github.com/hearth-gpu/hearth/client"
 	"github.com/hearth-gpu/hearth/proto"
 )
@@ -99,7 +103,8 @@ type clusterView struct {
 // them, and kill -9s the leader: every job that was answered 202 is there
 // afterwards, none twice (each submission carries an Idempotency-Key and
 // is retried on another node until it gets an answer), a new leader is
-// elected and placements resume. It logs the time from the kill to the new
+// elected, placements resume, and a real agent that knew the dead node
+// runs every job to the end. It logs the time from the kill to the new
 // leader's first placement.
 func TestKillLeaderKeepsEveryAcceptedJob(t *testing.T) {
 	if testing.Short() {
@@ -133,7 +138,6 @@ func TestKillLeaderKeepsEveryAcceptedJob(t *testing.T) {
 	for _, p := range procs {
 		urls = append(urls, p.url())
 	}
-	api := client.New(strings.Join(urls, ","), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -160,27 +164,22 @@ func TestKillLeaderKeepsEveryAcceptedJob(t *testing.T) {
 	}
 	leader := leaderOf(procs)
 
-	// A host that heartbeats through the API (any node; followers
-	// forward), so the scheduler has slots to place on.
-	host := proto.Host{ID: "gpu-host-1", GPUs: []proto.GPU{{Index: 0, Slots: 4, SlotBytes: 80 << 30}}}
-	if err := api.Register(ctx, host); err != nil {
+	// A real agent (simulated GPU) that knows all three nodes and moves on
+	// when the one it talks to dies: it registers, heartbeats, long-polls
+	// and runs what it is given.
+	acfg := agent.DefaultConfig()
+	acfg.HostID, acfg.CoordinatorURL = "gpu-host-1", strings.Join(urls, ",")
+	acfg.DataDir, acfg.OriginDir = filepath.Join(dir, "agent"), t.TempDir()
+	acfg.SimGPUs = []gpu.SimGPU{{Name: "Simulated H200", MemoryBytes: 141 << 30}}
+	acfg.MaxSlotsPerGPU = 4
+	acfg.HeartbeatInterval, acfg.PollWait = 300*time.Millisecond, 2*time.Second
+	acfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	ag, err := agent.New(ctx, acfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	beatCtx, stopBeats := context.WithCancel(ctx)
-	defer stopBeats()
-	go func() {
-		for beatCtx.Err() == nil {
-			if err := api.Heartbeat(beatCtx, proto.Heartbeat{HostID: host.ID}); client.IsCode(err, "host_not_registered") {
-				api.Register(beatCtx, host)
-			}
-			time.Sleep(300 * time.Millisecond)
-		}
-	}()
-	_, d, _ := proto.DigestOf(strings.NewReader("ckpt"))
-	if _, err := api.PutModel(ctx, proto.Model{Name: "checkpoints/sd_xl_base_1.0.safetensors", Digest: d, Size: 6_938_000_000}); err != nil {
-		t.Fatal(err)
-	}
-	spec := []byte(`{"workflow":{"4":{"class_type":"CheckpointLoaderSimple","inputs":{"ckpt_name":"sd_xl_base_1.0.safetensors"}}}}`)
+	defer ag.Close()
+	spec := []byte(`{"exec":{"command":["true"]}}`)
 
 	// Submitters: each submission is retried (same key, any node) until it
 	// gets an answer, as a careful client would.
@@ -296,6 +295,28 @@ func TestKillLeaderKeepsEveryAcceptedJob(t *testing.T) {
 	}
 	if firstPlacement.IsZero() {
 		t.Fatal("the new leader placed nothing")
+	}
+	// Every job runs to the end on the agent, across the failover.
+	waitUntil = time.Now().Add(2 * time.Minute)
+	for {
+		l, err := sc.Jobs(ctx, url.Values{"limit": {"1000"}, "state": {"succeeded"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := len(l.Jobs)
+		for l.Next != "" {
+			if l, err = sc.Jobs(ctx, url.Values{"limit": {"1000"}, "state": {"succeeded"}, "after": {l.Next}}); err != nil {
+				t.Fatal(err)
+			}
+			done += len(l.Jobs)
+		}
+		if done == len(jobs) {
+			break
+		}
+		if time.Now().After(waitUntil) {
+			t.Fatalf("%d of %d jobs succeeded", done, len(jobs))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("3 coordinator processes; %d jobs accepted (%d before the kill); leader %s killed; %s elected in %s; first placement by the new leader %s after the kill",
 		len(accepted), before, leader.id, newLeader.id, electedIn.Round(time.Millisecond), firstPlacement.Sub(killedAt).Round(time.Millisecond))
