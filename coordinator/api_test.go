@@ -467,6 +467,32 @@ func TestMetricsCountAcceptedJobs(t *testing.T) {
 	if got, ok := metricValue(t, r.body, "hearth_raft_applied_index"); !ok || got < 4 {
 		t.Errorf("hearth_raft_applied_index = %v (present %v), want at least the 4 entries written", got, ok)
 	}
+	// Raft's own state and the commit, apply and batch histograms.
+	for _, series := range []string{
+		`hearth_raft_state{state="leader"}`,
+		"hearth_raft_commit_index",
+		`hearth_raft_commit_seconds_count{command="submit-jobs"}`,
+		`hearth_fsm_apply_seconds_count{command="submit-jobs"}`,
+		"hearth_submit_batch_jobs_count",
+	} {
+		if got, ok := metricValue(t, r.body, series); !ok || got < 1 {
+			t.Errorf("metric %s = %v (present %v), want at least 1", series, got, ok)
+		}
+	}
+}
+
+func TestMetricsQueueDepthByPriority(t *testing.T) {
+	s, api := newTestServer(t, nil)
+	putTestModel(t, api, modelA, modelASize)
+	submitWorkflow(t, api, "a.safetensors", 5)
+	submitWorkflow(t, api, "a.safetensors", 5)
+	submitWorkflow(t, api, "a.safetensors", -1)
+	waitFor(t, "the queue-depth gauges", func() bool {
+		r := rawCall(t, http.MethodGet, s.URL()+"/metrics", nil)
+		hi, ok1 := metricValue(t, r.body, `hearth_queue_depth{priority="5"}`)
+		lo, ok2 := metricValue(t, r.body, `hearth_queue_depth{priority="-1"}`)
+		return ok1 && ok2 && hi == 2 && lo == 1
+	})
 }
 
 func TestAgentHeartbeatFromUnregisteredHost(t *testing.T) {
