@@ -41,6 +41,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	clients := fs.Int("clients", 64, "concurrent submitting clients")
 	duration := fs.Duration("duration", 10*time.Second, "how long each run submits")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	payload := fs.String("payload", "workflow", "what to submit: workflow (a 3 KB SDXL ComfyUI export) or exec (a 40-byte exec spec, to see the cost of the pipeline without the workflow)")
 	addr := fs.String("addr", "", "bench an existing cluster at this URL instead of starting one")
 	token := fs.String("token", os.Getenv("HEARTH_TOKEN"), "bearer token for --addr (default $HEARTH_TOKEN)")
 	if err := parseFlags(fs, args[1:]); err != nil {
@@ -49,7 +50,16 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if *nodes < 1 || *nodes > 9 || *clients < 1 || *duration <= 0 {
 		return usagef("bench submit needs 1-9 nodes, at least one client and a positive duration")
 	}
-	body, err := benchWorkflow()
+	var body []byte
+	var err error
+	switch *payload {
+	case "workflow":
+		body, err = benchWorkflow()
+	case "exec":
+		body = []byte(`{"exec":{"command":["true"]}}`)
+	default:
+		return usagef("--payload must be workflow or exec")
+	}
 	if err != nil {
 		return err
 	}
@@ -64,7 +74,11 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	fmt.Fprintf(stdout, "workflow: sdxl_txt2img (API format, indented as ComfyUI exports it), %d bytes; %d clients; %s per run\n", len(body), *clients, *duration)
+	what := "sdxl_txt2img workflow (API format, indented as ComfyUI exports it)"
+	if *payload == "exec" {
+		what = "exec spec"
+	}
+	fmt.Fprintf(stdout, "payload: %s, %d bytes; %d clients; %s per run\n", what, len(body), *clients, *duration)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "cluster\tjobs/s\tp50 ms\tp99 ms\tmax ms\terrors\tjobs/entry\t")
 	runs := []int{*nodes}
