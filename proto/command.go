@@ -23,7 +23,7 @@ const (
 	CmdSubmitJobs     CommandType = 6  // accept a batch of jobs (group commit)
 	CmdCancelJob      CommandType = 7  // cancel a job
 	CmdRetryJob       CommandType = 8  // requeue a finished job
-	CmdHostDown       CommandType = 9  // mark a host down and requeue its jobs
+	CmdMarkHostDown   CommandType = 9  // mark a host down and requeue its jobs
 	CmdTimeoutJobs    CommandType = 10 // end jobs that outlived their queue TTL or run timeout
 	CmdWebhookResults CommandType = 11 // record webhook delivery attempts
 	CmdSetCoordinator CommandType = 12 // record a coordinator node's addresses
@@ -43,7 +43,7 @@ var commandTypes = map[CommandType]struct {
 	CmdSubmitJobs:     {"submit-jobs", func() Command { return &SubmitJobs{} }},
 	CmdCancelJob:      {"cancel-job", func() Command { return &CancelJob{} }},
 	CmdRetryJob:       {"retry-job", func() Command { return &RetryJob{} }},
-	CmdHostDown:       {"host-down", func() Command { return &MarkHostDown{} }},
+	CmdMarkHostDown:   {"host-down", func() Command { return &MarkHostDown{} }},
 	CmdTimeoutJobs:    {"timeout-jobs", func() Command { return &TimeoutJobs{} }},
 	CmdWebhookResults: {"webhook-results", func() Command { return &WebhookResults{} }},
 	CmdSetCoordinator: {"set-coordinator", func() Command { return &SetCoordinator{} }},
@@ -211,7 +211,7 @@ func (*PutModel) CommandType() CommandType       { return CmdPutModel }
 func (*SubmitJobs) CommandType() CommandType     { return CmdSubmitJobs }
 func (*CancelJob) CommandType() CommandType      { return CmdCancelJob }
 func (*RetryJob) CommandType() CommandType       { return CmdRetryJob }
-func (*MarkHostDown) CommandType() CommandType   { return CmdHostDown }
+func (*MarkHostDown) CommandType() CommandType   { return CmdMarkHostDown }
 func (*TimeoutJobs) CommandType() CommandType    { return CmdTimeoutJobs }
 func (*WebhookResults) CommandType() CommandType { return CmdWebhookResults }
 func (*SetCoordinator) CommandType() CommandType { return CmdSetCoordinator }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"hash/crc32"
 	"strings"
@@ -74,6 +75,15 @@ func sampleCommands() []Command {
 		&RegisterHost{Host: Host{ID: "h1", DeviceKind: "simulated", GPUs: []GPU{{Index: 0, Name: "H200", MemoryTotal: 1 << 30, SlotBytes: 1 << 28, Slots: 4}}}},
 		&PlaceJob{JobID: "j1", Placement: Placement{Host: "h1", Models: []ModelPlacement{{Name: "checkpoints/a.safetensors", Digest: d, Tier: TierDisk, Seconds: 0.5}}, EstimateS: 0.5}},
 		&ReportJob{Report: JobReport{JobID: "j1", HostID: "h1", Epoch: 4, State: JobRunning, Progress: &Progress{Value: 1, Max: 4}, Time: now}},
+		&SubmitJobs{Items: []SubmitItem{{Job: Job{ID: "j2", Spec: JobSpec{Exec: &ExecPayload{Command: []string{"true"}}, Webhook: "https://h.example/x", TimeoutS: 60},
+			SubmittedAt: now, IdempotencyKey: "k"}, RequestHash: "abc"}}},
+		&CancelJob{JobID: "j1", Reason: "no longer needed", Time: now},
+		&RetryJob{JobID: "j1", Time: now},
+		&MarkHostDown{HostID: "h1", Reason: "no heartbeat", Time: now, Backoff: time.Second, BackoffMax: time.Minute},
+		&TimeoutJobs{Items: []TimeoutItem{{JobID: "j1", Epoch: 7, Reason: "ran too long"}}, Time: now},
+		&WebhookResults{Results: []WebhookResult{{JobID: "j1", DeliveryID: "msg_j1_9", Attempt: 2, Status: 500, Error: "500", NextAt: now, Time: now}}},
+		&SetCoordinator{Coordinator: Coordinator{ID: "c1", HTTPAddr: "10.0.0.1:7700", RaftAddr: "10.0.0.1:7701"}},
+		&PlaceJobs{Items: []PlaceJob{{JobID: "j1", Placement: Placement{Host: "h1"}}}},
 	}
 }
 
@@ -101,6 +111,33 @@ func frame(typ uint64, payload []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(payload)))
 	b = append(b, payload...)
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// EncodeSubmitJobs splices pre-encoded items; the frame must be the one
+// EncodeCommand makes of the same batch.
+func TestEncodeSubmitJobsMatchesEncodeCommand(t *testing.T) {
+	var c *SubmitJobs
+	for _, sc := range sampleCommands() {
+		if s, ok := sc.(*SubmitJobs); ok {
+			c = s
+		}
+	}
+	c.Items = append(c.Items, c.Items[0])
+	var items [][]byte
+	for _, it := range c.Items {
+		b, err := json.Marshal(it)
+		if err != nil {
+			t.Fatal(err)
+		}
+		items = append(items, b)
+	}
+	want, err := EncodeCommand(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := EncodeSubmitJobs(items); !bytes.Equal(got, want) {
+		t.Fatalf("EncodeSubmitJobs:\n%q\nEncodeCommand:\n%q", got, want)
+	}
 }
 
 func TestDecodeCommandRefuses(t *testing.T) {
@@ -135,7 +172,9 @@ func TestDecodeCommandRefuses(t *testing.T) {
 func TestCommandTypesAreStable(t *testing.T) {
 	// These numbers are in every Raft log ever written; changing one breaks
 	// replay. Append new types, never renumber.
-	want := map[CommandType]uint64{CmdPutModel: 1, CmdSubmitJob: 2, CmdRegisterHost: 3, CmdPlaceJob: 4, CmdReportJob: 5}
+	want := map[CommandType]uint64{CmdPutModel: 1, CmdSubmitJob: 2, CmdRegisterHost: 3, CmdPlaceJob: 4, CmdReportJob: 5,
+		CmdSubmitJobs: 6, CmdCancelJob: 7, CmdRetryJob: 8, CmdMarkHostDown: 9, CmdTimeoutJobs: 10, CmdWebhookResults: 11,
+		CmdSetCoordinator: 12, CmdPlaceJobs: 13}
 	for c, n := range want {
 		if uint64(c) != n {
 			t.Errorf("%v = %d, want %d", c, uint64(c), n)
