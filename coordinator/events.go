@@ -80,10 +80,10 @@ func (s *Server) handleJobEvents(ctx *fasthttp.RequestCtx) {
 	// subscription is in the job's history, one applied after comes live;
 	// ids dedupe the overlap.
 	sub := s.bus.Subscribe(id, after, 256)
-	j, ok := s.fsm.Job(id)
+	j, ok := s.awaitJob(id, 2*time.Second)
 	if !ok {
 		sub.Close()
-		writeError(ctx, fmt.Errorf("%w: %q (on this node; a job submitted a moment ago may not have reached it yet)", ErrJobNotFound, id))
+		writeError(ctx, fmt.Errorf("%w: %q (this node waited 2 s for it to arrive)", ErrJobNotFound, id))
 		return
 	}
 	startSSE(ctx)
@@ -117,6 +117,17 @@ func (s *Server) handleJobEvents(ctx *fasthttp.RequestCtx) {
 			}
 		}
 	})
+}
+
+// awaitJob returns job id, waiting up to d for it to appear: a client that
+// submits through the leader and watches through a follower may be a few
+// milliseconds ahead of that follower's log.
+func (s *Server) awaitJob(id string, d time.Duration) (j *proto.Job, ok bool) {
+	s.awaitState(d, func() bool {
+		j, ok = s.fsm.Job(id)
+		return ok
+	})
+	return j, ok
 }
 
 // terminalEvent reports whether a state event moved its job to a terminal

@@ -87,20 +87,30 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 // leaderAddr returns a node's published addresses. A new leader publishes
 // its own right after its election, so a follower that does not know them
 // yet waits a moment for that entry to arrive.
-func (s *Server) leaderAddr(id string) (*proto.Coordinator, bool) {
-	timeout := time.NewTimer(2 * time.Second)
+func (s *Server) leaderAddr(id string) (co *proto.Coordinator, ok bool) {
+	s.awaitState(2*time.Second, func() bool {
+		co, ok = s.fsm.Coordinator(id)
+		return ok && co.HTTPAddr != ""
+	})
+	return co, ok && co.HTTPAddr != ""
+}
+
+// awaitState waits up to d for cond to hold, re-checking it after every
+// applied entry, and reports whether it did.
+func (s *Server) awaitState(d time.Duration, cond func() bool) bool {
+	timeout := time.NewTimer(d)
 	defer timeout.Stop()
 	for {
 		_, changed := s.fsm.Watch()
-		if co, ok := s.fsm.Coordinator(id); ok && co.HTTPAddr != "" {
-			return co, true
+		if cond() {
+			return true
 		}
 		select {
 		case <-changed:
 		case <-timeout.C:
-			return nil, false
+			return false
 		case <-s.ctx.Done():
-			return nil, false
+			return false
 		}
 	}
 }
