@@ -131,20 +131,26 @@ func TestAgentReregistersWithAFreshCoordinator(t *testing.T) {
 	}
 }
 
-// Cancelling a running job reaches the agent: the assignment disappears
-// from its next long-poll answer and the run's process is killed.
-func TestCancelStopsTheRun(t *testing.T) {
+// startWithAgent starts a coordinator and one agent, both stopped when the
+// test ends, and returns a context bounding the test and a client.
+func startWithAgent(t *testing.T) (context.Context, *client.Client) {
 	addr := freeAddr(t)
 	s := startCoordinator(t, addr, t.TempDir())
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	a, err := agent.New(ctx, agentConfig(t, "http://"+addr, t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
-	api := client.New(s.URL(), nil)
+	t.Cleanup(func() { a.Close() })
+	return ctx, client.New(s.URL(), nil)
+}
+
+// Cancelling a running job reaches the agent: the assignment disappears
+// from its next long-poll answer and the run's process is killed.
+func TestCancelStopsTheRun(t *testing.T) {
+	ctx, api := startWithAgent(t)
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	spec := &proto.JobSpec{Exec: &proto.ExecPayload{Command: []string{"sh", "-c", "echo $$ > " + pidFile + "; exec sleep 60"}}}
 	j, _, err := api.Submit(ctx, spec, client.SubmitOptions{})
@@ -178,17 +184,7 @@ func TestCancelStopsTheRun(t *testing.T) {
 // A job that runs past its timeout_s is stopped by the agent and ends
 // timed_out.
 func TestRunTimeout(t *testing.T) {
-	addr := freeAddr(t)
-	s := startCoordinator(t, addr, t.TempDir())
-	defer s.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	a, err := agent.New(ctx, agentConfig(t, "http://"+addr, t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	api := client.New(s.URL(), nil)
+	ctx, api := startWithAgent(t)
 	spec := &proto.JobSpec{Exec: &proto.ExecPayload{Command: []string{"sleep", "60"}}, TimeoutS: 0.5}
 	j, _, err := api.Submit(ctx, spec, client.SubmitOptions{})
 	if err != nil {
