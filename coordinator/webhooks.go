@@ -154,7 +154,9 @@ func (d *dispatcher) send(ctx context.Context, j *proto.Job, del proto.WebhookDe
 		out.Delivered = true
 	} else {
 		out.Error = r.Err.Error()
-		next, giveUp := d.sched.Next(del.Attempts+1, del.CreatedAt, now, nil)
+		// Counted from when the attempt ended, not began: a receiver that
+		// hangs until the timeout still gets the full pause before the next.
+		next, giveUp := d.sched.Next(del.Attempts+1, del.CreatedAt, d.s.cfg.Now().UTC(), nil)
 		out.NextAt, out.GiveUp = next.UTC(), giveUp || !r.Retry
 		outcome = "retry"
 		if out.GiveUp {
