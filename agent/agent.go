@@ -14,6 +14,8 @@ import (
 	"github.com/hearth-gpu/hearth/cachefs"
 	"github.com/hearth-gpu/hearth/client"
 	"github.com/hearth-gpu/hearth/proto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Version is reported at registration; the binary sets it at link time.
@@ -21,15 +23,23 @@ var Version = "dev"
 
 // Agent is one host's daemon. New starts it; Close stops it.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	api    *client.Client
-	devs   gpu.Devices
-	gpus   []proto.GPU
-	pools  []*gpu.SlotPool
-	cache  *cachefs.Store
-	origin cachefs.Origin
-	exec   *runner.Exec
+	cfg     Config
+	log     *slog.Logger
+	api     *client.Client
+	devs    gpu.Devices
+	gpus    []proto.GPU
+	pools   []*gpu.SlotPool
+	cache   *cachefs.Store
+	ram     *cachefs.RAMTier // nil without a RAM budget
+	views   *cachefs.Views
+	origin  cachefs.Origin
+	results resultStore
+	exec    *runner.Exec
+
+	reg          *prometheus.Registry
+	cacheMetrics *cachefs.Metrics
+	http         *httpServer // nil without HTTPAddr
+	bandwidth    map[proto.Tier]float64
 
 	slots []*slot // every slot of every GPU, in (gpu, slot) order
 
@@ -57,22 +67,28 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: create %s: %w", d, err)
 		}
 	}
-	var err error
-	if a.cache, err = cachefs.Open(cachefs.Config{Dir: cfg.cacheDir(), MaxBytes: cfg.CacheMaxBytes, Logger: a.log}); err != nil {
+	a.reg = prometheus.NewRegistry()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.cacheMetrics = cachefs.NewMetrics(a.reg)
+	if err := a.openCache(ctx); err != nil {
 		return nil, err
 	}
-	if a.origin, err = cachefs.NewDirOrigin(cfg.OriginDir); err != nil {
-		a.cache.Close()
-		return nil, err
-	}
+	a.bandwidth = a.tierBandwidths()
 	a.exec = runner.NewExec(runner.ExecConfig{Logger: a.log})
 	a.devs = gpu.Detect(a.log, cfg.SimGPUs)
 	if err := a.buildSlots(); err != nil {
-		a.cache.Close()
+		a.closeCache()
 		a.devs.Close()
 		return nil, err
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if cfg.HTTPAddr != "" {
+		var err error
+		if a.http, err = a.serveHTTP(cfg.HTTPAddr); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	if err := a.register(ctx); err != nil {
 		a.Close()
 		return nil, err
@@ -84,6 +100,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.wg.Add(2)
 	go func() { defer a.wg.Done(); a.heartbeatLoop() }()
 	go func() { defer a.wg.Done(); a.pollLoop() }()
+	if cfg.ScrubInterval > 0 {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.scrubLoop() }()
+	}
 	return a, nil
 }
 
@@ -122,7 +142,7 @@ func (a *Agent) buildSlots() error {
 func (a *Agent) hostRecord() proto.Host {
 	return proto.Host{
 		ID: a.cfg.HostID, Addr: a.cfg.Addr, DeviceKind: a.devs.Kind(), GPUs: a.gpus,
-		Labels: a.cfg.Labels, Bandwidth: a.cfg.Bandwidth, Version: Version,
+		Labels: a.cfg.Labels, Bandwidth: a.bandwidth, Version: Version,
 	}
 }
 
@@ -155,9 +175,7 @@ func (a *Agent) Heartbeat() proto.Heartbeat {
 	for _, sl := range a.slots {
 		b.Slots = append(b.Slots, sl.state())
 	}
-	for _, bi := range a.cache.List() {
-		b.Cache = append(b.Cache, proto.CachedBlob{Digest: bi.Digest, Size: bi.Size, Tier: proto.TierDisk})
-	}
+	b.Cache = a.cacheInventory()
 	return b
 }
 
@@ -208,6 +226,9 @@ func (a *Agent) Close() error {
 	for _, sl := range a.slots {
 		errs = append(errs, sl.close())
 	}
-	errs = append(errs, a.cache.Close(), a.devs.Close())
+	if a.http != nil {
+		errs = append(errs, a.http.close())
+	}
+	errs = append(errs, a.closeCache(), a.devs.Close())
 	return errors.Join(errs...)
 }

@@ -115,7 +115,7 @@ func TestAgentReregistersWithAFreshCoordinator(t *testing.T) {
 	s = startCoordinator(t, addr, t.TempDir()) // empty state: no hosts, no models
 	defer s.Close()
 	api := client.New(s.URL(), nil)
-	if err := devcluster.SeedModels(ctx, api, origin); err != nil {
+	if err := devcluster.SeedModels(ctx, api, origin, nil); err != nil {
 		t.Fatal(err)
 	}
 	j, err := api.SubmitRaw(ctx, []byte(`{"worker":{"models":["vae/sdxl_vae.safetensors"]}}`))

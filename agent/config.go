@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/cachefs"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
@@ -29,11 +30,32 @@ type Config struct {
 	// DataDir holds the blob cache (cache/), job outputs (results/) and
 	// per-job scratch (work/).
 	DataDir string
+	// HTTPAddr is where the agent's HTTP server (/metrics, /healthz)
+	// listens; empty means no server. Addr defaults to it.
+	HTTPAddr string
 	// OriginDir is the local origin: catalog entries' origin keys are paths
-	// below it. (The S3 origin is its own change.)
+	// below it. S3, when set, is the origin instead.
 	OriginDir string
+	S3        *cachefs.S3Config
+	// Results, when set, is the bucket job outputs are uploaded to, each
+	// with a presigned GET URL valid for ResultsURLExpiry (default and
+	// most: 7 days, S3's limit). Without it outputs stay under
+	// DataDir/results with file:// URLs.
+	Results          *cachefs.S3Config
+	ResultsURLExpiry time.Duration
 	// CacheMaxBytes bounds the disk cache; 0 means unlimited.
 	CacheMaxBytes int64
+	// RAMMaxBytes is the RAM tier's budget: models jobs use are held
+	// resident (mlocked) in host memory up to it. 0 means no RAM tier.
+	RAMMaxBytes int64
+	// ScrubInterval is how often every cached blob is rehashed to catch
+	// corruption on disk (0: never); ScrubBytesPerSec bounds its reading.
+	ScrubInterval    time.Duration
+	ScrubBytesPerSec int64
+	// MeasureBandwidth times a read of a file written to the cache disk at
+	// start and reports it as the disk tier's bandwidth, unless Bandwidth
+	// sets that tier.
+	MeasureBandwidth bool
 
 	// SimGPUs is the inventory used when NVML is unavailable.
 	SimGPUs []gpu.SimGPU
@@ -89,8 +111,14 @@ func ValidateConfig(c *Config) error {
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("agent: config: data_dir must be set"))
 	}
-	if c.OriginDir == "" {
-		errs = append(errs, errors.New("agent: config: origin_dir must be set"))
+	if c.OriginDir == "" && c.S3 == nil {
+		errs = append(errs, errors.New("agent: config: set origin_dir, or an S3 origin"))
+	}
+	if c.ResultsURLExpiry < 0 || c.ResultsURLExpiry > maxPresignExpiry {
+		errs = append(errs, fmt.Errorf("agent: config: results_url_expiry %s must be between 0 and %s (S3's limit for presigned URLs)", c.ResultsURLExpiry, maxPresignExpiry))
+	}
+	if c.CacheMaxBytes < 0 || c.RAMMaxBytes < 0 || c.ScrubBytesPerSec < 0 || c.ScrubInterval < 0 {
+		errs = append(errs, errors.New("agent: config: cache_max, ram_max, scrub_interval and scrub_rate must not be negative"))
 	}
 	if c.SlotBytes == 0 {
 		errs = append(errs, errors.New("agent: config: slot_bytes must be positive"))
@@ -103,6 +131,10 @@ func (c *Config) fillDefaults() error {
 	c.SlotBytes = cmp.Or(c.SlotBytes, d.SlotBytes)
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, d.HeartbeatInterval)
 	c.PollWait = cmp.Or(c.PollWait, d.PollWait)
+	c.ResultsURLExpiry = cmp.Or(c.ResultsURLExpiry, maxPresignExpiry)
+	if c.Addr == "" && c.HTTPAddr != "" {
+		c.Addr = c.HTTPAddr
+	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	if len(c.WorkerCommand) == 0 {
 		exe, err := os.Executable()
@@ -117,3 +149,7 @@ func (c *Config) fillDefaults() error {
 func (c *Config) cacheDir() string   { return filepath.Join(c.DataDir, "cache") }
 func (c *Config) resultsDir() string { return filepath.Join(c.DataDir, "results") }
 func (c *Config) workDir() string    { return filepath.Join(c.DataDir, "work") }
+func (c *Config) viewsDir() string   { return filepath.Join(c.DataDir, "models") }
+
+// maxPresignExpiry is the longest an S3 presigned URL may stay valid.
+const maxPresignExpiry = 7 * 24 * time.Hour

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -60,6 +59,11 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 			return
 		}
 		defer unpin()
+		if err := a.views.Link(m.Name, m.Digest); err != nil {
+			fail("link "+m.Name, err)
+			return
+		}
+		a.promote(m)
 		models = append(models, runner.Model{Name: m.Name, Digest: m.Digest, Size: m.Size, Path: path})
 	}
 
@@ -106,7 +110,7 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 	if !a.report(as, proto.JobReport{State: proto.JobUploading, LoadS: loadS, RunS: runS}) {
 		return
 	}
-	outputs, err := a.storeOutputs(as.JobID, outDir, res.Outputs)
+	outputs, err := a.storeOutputs(ctx, as.JobID, outDir, res.Outputs)
 	if err != nil {
 		fail("store outputs", err)
 		return
@@ -150,43 +154,4 @@ func (a *Agent) progressReporter(as proto.Assignment) func(proto.Progress) {
 		mu.Unlock()
 		go a.report(as, proto.JobReport{State: proto.JobRunning, Progress: &p})
 	}
-}
-
-// storeOutputs moves the job's outputs into the results directory and
-// describes them with their digests. (Uploading to a results bucket with
-// presigned URLs is the object-store change's.)
-func (a *Agent) storeOutputs(jobID, outDir string, names []string) ([]proto.Output, error) {
-	dst := filepath.Join(a.cfg.resultsDir(), jobID)
-	if err := os.MkdirAll(dst, 0o750); err != nil {
-		return nil, err
-	}
-	var out []proto.Output
-	for _, name := range names {
-		if err := proto.ValidateModelName(name); err != nil {
-			return nil, fmt.Errorf("output name %v", err)
-		}
-		to := filepath.Join(dst, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(to), 0o750); err != nil {
-			return nil, err
-		}
-		if err := os.Rename(filepath.Join(outDir, filepath.FromSlash(name)), to); err != nil {
-			return nil, err
-		}
-		size, digest, err := hashFile(to)
-		if err != nil {
-			return nil, err
-		}
-		u := url.URL{Scheme: "file", Path: to}
-		out = append(out, proto.Output{Name: name, Size: size, Digest: digest, URL: u.String()})
-	}
-	return out, nil
-}
-
-func hashFile(path string) (int64, proto.Digest, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, "", err
-	}
-	defer f.Close()
-	return proto.DigestOf(f)
 }

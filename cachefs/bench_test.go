@@ -6,9 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkPut puts a 256 MiB blob and, in the same run on the same disk,
@@ -74,4 +78,106 @@ func timeCopy(b *testing.B, path string, data []byte, sync bool) time.Duration {
 		b.Fatal(err)
 	}
 	return took
+}
+
+// BenchmarkDiskTier measures the NVMe tier against dd on the same disk in
+// the same run: ingest is Put (hash, write, fsync, rename) vs `dd
+// conv=fsync` of the same bytes; read is a blob read cold (dropped from the
+// page cache) through the store's path vs `dd iflag=nocache` of the same
+// file. HEARTH_BENCH_DISK_BYTES sets the size (default 1 GiB).
+func BenchmarkDiskTier(b *testing.B) {
+	size := envBytes(b, "HEARTH_BENCH_DISK_BYTES", 1<<30)
+	if _, err := exec.LookPath("dd"); err != nil {
+		b.Skip("dd is not installed; it is the baseline")
+	}
+	data, d := testBlob(int(size), 7)
+	dir := b.TempDir()
+	s, err := Open(Config{Dir: filepath.Join(dir, "cache"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	src := filepath.Join(dir, "source")
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	var putDur, ddInDur, readDur, ddOutDur time.Duration
+	var runs int
+	for b.Loop() {
+		// dd reads its input from the page cache, as Put reads from memory.
+		start := time.Now()
+		dd(b, "if="+src, "of="+filepath.Join(dir, "dd-out"), "bs=1M", "conv=fsync")
+		ddInDur += time.Since(start)
+
+		start = time.Now()
+		p, _, err := s.Put(ctx, d, bytes.NewReader(data))
+		if err != nil {
+			b.Fatal(err)
+		}
+		putDur += time.Since(start)
+
+		dropCache(b, p)
+		start = time.Now()
+		f, err := os.Open(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.CopyBuffer(io.Discard, f, make([]byte, copyBufSize)); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		readDur += time.Since(start)
+
+		dropCache(b, p)
+		start = time.Now()
+		dd(b, "if="+p, "of=/dev/null", "bs=1M", "iflag=nocache")
+		ddOutDur += time.Since(start)
+
+		if err := s.Remove(d); err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(filepath.Join(dir, "dd-out"))
+		runs++
+	}
+	mbps := func(t time.Duration) float64 { return float64(size) * float64(runs) / 1e6 / t.Seconds() }
+	b.ReportMetric(mbps(putDur), "put_MB/s")
+	b.ReportMetric(mbps(ddInDur), "dd_write_MB/s")
+	b.ReportMetric(mbps(putDur)/mbps(ddInDur)*100, "put_%_of_dd")
+	b.ReportMetric(mbps(readDur), "read_MB/s")
+	b.ReportMetric(mbps(ddOutDur), "dd_read_MB/s")
+	b.ReportMetric(mbps(readDur)/mbps(ddOutDur)*100, "read_%_of_dd")
+}
+
+func dd(b *testing.B, args ...string) {
+	b.Helper()
+	if out, err := exec.Command("dd", append(args, "status=none")...).CombinedOutput(); err != nil {
+		b.Fatalf("dd %v: %v: %s", args, err, out)
+	}
+}
+
+// dropCache evicts a synced file's pages from the page cache, so the next
+// read comes from the disk.
+func dropCache(b *testing.B, path string) {
+	b.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func envBytes(b *testing.B, name string, def int64) int64 {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q: want a positive byte count", name, v)
+	}
+	return n
 }

@@ -18,7 +18,8 @@
 // A blob's path is a pure function of its digest, so nothing on disk maps
 // model names to blobs; names live in the coordinator's catalog. A blob
 // file's modification time is its last use: Store.Path bumps it, and Open
-// reads it back so eviction order survives a restart. Pins are held in
+// reads it back so recency survives a restart (use counts do not: see
+// "Budget"). Pins are held in
 // memory only; they belong to running jobs, which do not survive a restart
 // of the agent either.
 //
@@ -62,8 +63,54 @@
 //
 // Config.MaxBytes bounds the bytes of all blobs under blobs/. A blob counts
 // only once it is renamed into place; before that rename, Put makes room by
-// evicting unpinned blobs, least recently used first. If that cannot make
-// room because the rest is pinned, Put fails with ErrNoSpace; a blob larger
-// than the whole budget fails with ErrTooLarge, as soon as its size is known.
-// Neither is kept.
+// evicting unpinned blobs as S3-FIFO picks them, counted in bytes: a new
+// blob waits in a small queue (a tenth of the budget) and leaves first
+// unless it is used again, which moves it to the main queue; the main
+// queue evicts its oldest blob that has no uses left. A blob evicted from
+// the small queue and fetched again soon after goes straight to main.
+// Replaying Zipf job traces over a catalog of SD1.5, SDXL and Flux models
+// (BenchmarkEvictionPolicies), it fetched 12–21% fewer bytes than least
+// recently used first, at 50–200 GB budgets, with steady and with drifting
+// popularity; GDSF did better while popularity held still and worse than
+// LRU once it drifted. Use counts live in memory only: Open seeds the
+// policy with every blob in mtime order, as if each had just arrived; a
+// restart every 1,000 jobs of those traces cost under one point of
+// byte-miss ratio.
+//
+// If that cannot make room because the rest is pinned, Put fails with
+// ErrNoSpace; a blob larger than the whole budget fails with ErrTooLarge, as
+// soon as its size is known. Neither is kept.
+//
+// # RAM tier
+//
+// A RAMTier keeps hot blobs resident in host memory within its own budget,
+// RAMConfig.MaxBytes: a 6.9 GB checkpoint copies to a GPU in about 0.13 s
+// from locked RAM, against about 1.4 s through the page cache and 4 s from
+// disk. Promote maps the blob file read-only and shared, so the tier's pages
+// are the page cache's own and cost no second copy, and mlocks them so the
+// kernel cannot drop them. Where mlock is refused (RLIMIT_MEMLOCK below the
+// budget and no CAP_IPC_LOCK) the tier warns once and keeps the mapping
+// anyway, with its pages faulted in: the page cache then holds them until
+// memory runs short. Set LimitMEMLOCK=infinity in the agent's unit to lock.
+//
+// Promote rehashes the bytes as they come in, after locking them, so the
+// bytes verified are the bytes that stay; a blob that no longer matches its
+// digest is dropped from the Store, like Verify does, and fetched again next
+// time. A resident blob holds a Store pin, so the disk tier never evicts it
+// underneath. To make room, Promote demotes blobs that no reader holds,
+// least recently used first. Acquire hands out the mapped bytes themselves;
+// they stay mapped until released, even across Demote of other blobs or
+// Close. Demoting unmaps and unpins; the blob stays on disk.
+//
+// # Scrub
+//
+// Open never rehashes, and a blob on disk can rot after Put verified it.
+// Store.Scrub rehashes every blob, reading with O_DIRECT where the file
+// system allows, so it checks the disk rather than pages cached when the
+// blob was written, and so it does not push models jobs are about to load
+// out of the page cache. ScrubOptions.BytesPerSecond paces it to leave the
+// disk's bandwidth to jobs. A corrupt blob is dropped, pinned or not, and the
+// next Fetch downloads it again. The agent runs Store.ScrubEvery in the
+// background; with ScrubOptions.MaxBytes each pass checks part of the cache,
+// starting with the blobs it checked least recently.
 package cachefs

@@ -30,8 +30,10 @@ func (s *Store) Fetch(ctx context.Context, d proto.Digest, o Origin, key string)
 		return "", false, fmt.Errorf("cachefs: fetch %s: origin key %w", d, err)
 	}
 	if p, ok := s.Path(d); ok {
+		s.metrics.lookup(tierDisk, true)
 		return p, false, nil
 	}
+	s.metrics.lookup(tierDisk, false)
 	res, err := s.flights.do(ctx, string(d), func(ctx context.Context) (fetchResult, error) {
 		return s.download(ctx, d, o, key)
 	})
@@ -60,11 +62,13 @@ func (s *Store) download(ctx context.Context, d proto.Digest, o Origin, key stri
 		start := time.Now()
 		p, n, err := s.fetchOnce(ctx, d, o, key)
 		if err == nil {
+			s.metrics.fetched(tierDisk, "origin", n, time.Since(start))
 			secs := time.Since(start).Seconds()
 			s.log.Info("fetched blob", "blob", d.Short(), "origin", o.String(), "key", key, "size", n,
 				"seconds", secs, "mb_per_s", float64(n)/1e6/max(secs, 1e-9), "attempt", attempt)
 			return fetchResult{path: p, fetched: true}, nil
 		}
+		s.metrics.failed(tierDisk, failureReason(err))
 		if !errors.Is(err, ErrDigestMismatch) {
 			return fetchResult{}, err
 		}
@@ -172,4 +176,21 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 		g.mu.Unlock()
 		return fetchResult{}, ctx.Err()
 	}
+}
+
+// failureReason labels a failed fetch for the failures counter.
+func failureReason(err error) string {
+	switch {
+	case errors.Is(err, ErrDigestMismatch):
+		return "digest_mismatch"
+	case errors.Is(err, ErrNotFound):
+		return "not_found"
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrNoSpace):
+		return "no_room"
+	case isNoSpace(err):
+		return "disk_full"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
+		return "cancelled"
+	}
+	return "origin"
 }

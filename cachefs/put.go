@@ -220,8 +220,11 @@ func (s *Store) commit(d proto.Digest, tmp string, n int64) (string, error) {
 		return fail(fmt.Errorf("cachefs: put %s: rename into place: %w", d, err))
 	}
 	s.blobs[d] = &entry{size: n, lastUsed: now}
+	s.policy.admit(d, n)
 	s.used += n
+	usedBefore, countBefore := s.used, len(s.blobs)
 	trash := s.evictLocked(victims)
+	s.metrics.eviction(tierDisk, countBefore-len(s.blobs), usedBefore-s.used)
 	s.mu.Unlock()
 
 	s.emptyTrash(trash)

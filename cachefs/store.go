@@ -29,6 +29,8 @@ type Config struct {
 	// FetchBackoff is the wait before re-downloading a blob whose bytes did
 	// not match its digest; it doubles on each further retry. 0 means 200ms.
 	FetchBackoff time.Duration
+	// Metrics receives the cache's counters; nil records none.
+	Metrics *Metrics
 }
 
 var (
@@ -67,6 +69,7 @@ type Store struct {
 	backoff              time.Duration
 	policy               policy
 	lock                 *dirLock
+	metrics              *Metrics
 
 	closing  chan struct{} // closed by Close: stops copies and backoffs
 	active   sync.WaitGroup
@@ -88,7 +91,11 @@ type entry struct {
 // Open opens (creating if needed) the cache in cfg.Dir: it empties Dir/tmp,
 // rebuilds the index by scanning the blobs, and evicts down to the budget if
 // it shrank since the last run. Only one Store may have a directory open.
-func Open(cfg Config) (*Store, error) {
+func Open(cfg Config) (*Store, error) { return openPolicy(cfg, defaultPolicy) }
+
+// openPolicy is Open with the eviction policy newPolicy makes for the
+// budget; tests use it to run against plain LRU.
+func openPolicy(cfg Config, newPolicy func(maxBytes int64) policy) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("cachefs: Config.Dir is empty: set the cache directory")
 	}
@@ -103,13 +110,15 @@ func Open(cfg Config) (*Store, error) {
 		log:     cfg.Logger,
 		now:     cfg.Clock,
 		backoff: cfg.FetchBackoff,
-		policy:  lru{},
+		policy:  newPolicy(cfg.MaxBytes),
 		closing: make(chan struct{}),
 		blobs:   make(map[proto.Digest]*entry),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.metrics = cfg.Metrics
+	s.metrics.watch(tierDisk, s.Usage)
 	s.log = s.log.With("component", "cachefs")
 	if s.now == nil {
 		s.now = time.Now
@@ -135,6 +144,7 @@ func Open(cfg Config) (*Store, error) {
 		lock.release()
 		return nil, err
 	}
+	s.seedPolicy()
 	if s.max > 0 && s.used > s.max {
 		s.log.Warn("cache is over its budget; evicting", "used", s.used, "max", s.max)
 		s.mu.Lock()
@@ -268,10 +278,12 @@ func (s *Store) Path(d proto.Digest) (string, bool) {
 func (s *Store) touchLocked(d proto.Digest, e *entry) bool {
 	now := s.now()
 	e.lastUsed = now
+	s.policy.access(d)
 	err := os.Chtimes(s.blobPath(d), now, now)
 	if errors.Is(err, fs.ErrNotExist) {
 		s.log.Warn("blob vanished from disk; dropping it from the index", "blob", d.Short())
 		delete(s.blobs, d)
+		s.policy.remove(d)
 		s.used -= e.size
 		return false
 	}

@@ -241,6 +241,12 @@ func TestPartition(t *testing.T) {
 	ctx := context.Background()
 	l := tc.leader(nil)
 	f := (l + 1) % 3
+	// The hint names the leader's HTTP address, which a node learns from the
+	// leader's SetCoordinator entry: cut the follower off only once it has it.
+	waitFor(t, "the follower to learn the leader's HTTP address", func() bool {
+		co, ok := tc.nodes[f].fsm.Coordinator(tc.nodes[l].cfg.NodeID)
+		return ok && co.HTTPAddr == tc.nodes[l].HTTPAddr()
+	})
 
 	// A follower cut off from the others loses its leader and refuses
 	// writes rather than forwarding them.

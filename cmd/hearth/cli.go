@@ -170,7 +170,7 @@ func lsClient(noun string, args []string, stderr io.Writer) (*client.Client, con
 	return newClient(*addr, *token), ctx, cancel, nil
 }
 
-func runModel(args []string, stdout, stderr io.Writer) error {
+func runModelLs(args []string, stdout, stderr io.Writer) error {
 	api, ctx, cancel, err := lsClient("model", args, stderr)
 	if err != nil {
 		return err

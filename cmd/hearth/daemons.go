@@ -127,7 +127,13 @@ func runAgent(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.CoordinatorURL, "coordinator", cfg.CoordinatorURL, "URL of any coordinator node, or several, comma-separated")
 	fs.StringVar(&cfg.Token, "token", os.Getenv("HEARTH_TOKEN"), "bearer token with the agent scope (default $HEARTH_TOKEN)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the blob cache and job outputs (required)")
-	fs.StringVar(&cfg.OriginDir, "origin-dir", "", "local origin directory holding model files (required)")
+	fs.StringVar(&cfg.OriginDir, "origin-dir", "", "local origin directory holding model files (required without --s3-endpoint)")
+	s3 := addS3Flags(fs, true)
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7710", "address of the agent's HTTP server (/metrics, /healthz); empty: none")
+	ramMax := fs.String("ram-max", "0", "RAM tier budget: models held resident in host memory (0: no RAM tier)")
+	fs.DurationVar(&cfg.ScrubInterval, "scrub-interval", 24*time.Hour, "how often every cached blob is rehashed (0: never)")
+	scrubRate := fs.String("scrub-rate", "200MB", "disk read rate the scrub may use, per second")
+	fs.BoolVar(&cfg.MeasureBandwidth, "measure-bandwidth", true, "time the cache disk's read rate at start and report it to the scheduler")
 	sim := fs.String("sim-gpus", "Simulated H200:141GiB", "inventory used when NVML is unavailable: NAME:SIZE[,NAME:SIZE...]")
 	slot := fs.String("slot-size", "24GiB", "VRAM slot size")
 	reserve := fs.String("reserve", "2GiB", "VRAM held back on every GPU")
@@ -138,10 +144,25 @@ func runAgent(args []string, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if cfg.DataDir == "" || cfg.OriginDir == "" {
-		return usagef("agent needs --data-dir and --origin-dir")
-	}
 	var err error
+	if cfg.S3, err = s3.config(); err != nil {
+		return err
+	}
+	cfg.Results = s3.results(cfg.S3)
+	if cfg.DataDir == "" || (cfg.OriginDir == "" && cfg.S3 == nil) {
+		return usagef("agent needs --data-dir, and --origin-dir or --s3-endpoint")
+	}
+	cfg.Addr = cfg.HTTPAddr
+	rm, err := parseBytes(*ramMax)
+	if err != nil {
+		return usagef("--ram-max: %v", err)
+	}
+	cfg.RAMMaxBytes = int64(rm)
+	sr, err := parseBytes(*scrubRate)
+	if err != nil {
+		return usagef("--scrub-rate: %v", err)
+	}
+	cfg.ScrubBytesPerSec = int64(sr)
 	if cfg.SimGPUs, err = parseSimGPUs(*sim); err != nil {
 		return usagef("--sim-gpus: %v", err)
 	}

@@ -22,7 +22,12 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", stderr)
 	keep := fs.Bool("keep", false, "keep the temporary data dir and print its path")
 	verbose := fs.Bool("v", false, "log what the coordinator and agent do")
+	s3 := addS3Flags(fs, true)
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	s3cfg, err := s3.config()
+	if err != nil {
 		return err
 	}
 	began := time.Now()
@@ -46,10 +51,15 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	fmt.Fprintln(stdout, "starting a one-node coordinator and one agent (simulated GPU, local origin)...")
+	origin := "local origin"
+	if s3cfg != nil {
+		origin = "origin " + s3.describe()
+	}
+	fmt.Fprintf(stdout, "starting a one-node coordinator and one agent (simulated GPU, %s)...\n", origin)
 	c, err := devcluster.Start(ctx, devcluster.Options{
 		DataDir: dir, Logger: logger,
 		WorkerCommand: []string{exe, "refworker", "--step-delay=40ms"},
+		S3:            s3cfg, Results: s3.results(s3cfg),
 	})
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -283,6 +284,10 @@ func TestKillLeaderKeepsEveryAcceptedJob(t *testing.T) {
 	waitUntil := time.Now().Add(30 * time.Second)
 	for firstPlacement.IsZero() && time.Now().Before(waitUntil) {
 		l, err := sc.Jobs(ctx, url.Values{"state": {"placed"}, "limit": {"1000"}})
+		if retryable(err) {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -300,17 +305,18 @@ func TestKillLeaderKeepsEveryAcceptedJob(t *testing.T) {
 	waitUntil = time.Now().Add(2 * time.Minute)
 	for {
 		l, err := sc.Jobs(ctx, url.Values{"limit": {"1000"}, "state": {"succeeded"}})
-		if err != nil {
+		done := 0
+		for err == nil {
+			done += len(l.Jobs)
+			if l.Next == "" {
+				break
+			}
+			l, err = sc.Jobs(ctx, url.Values{"limit": {"1000"}, "state": {"succeeded"}, "after": {l.Next}})
+		}
+		if err != nil && !retryable(err) {
 			t.Fatal(err)
 		}
-		done := len(l.Jobs)
-		for l.Next != "" {
-			if l, err = sc.Jobs(ctx, url.Values{"limit": {"1000"}, "state": {"succeeded"}, "after": {l.Next}}); err != nil {
-				t.Fatal(err)
-			}
-			done += len(l.Jobs)
-		}
-		if done == len(jobs) {
+		if err == nil && done == len(jobs) {
 			break
 		}
 		if time.Now().After(waitUntil) {
@@ -335,4 +341,11 @@ func TestKillLeaderKeepsEveryAcceptedJob(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// retryable reports an answer that a busy cluster gives for a moment (a
+// re-election on a loaded machine): the caller asks again until its deadline.
+func retryable(err error) bool {
+	var ae *client.Error
+	return errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable
 }

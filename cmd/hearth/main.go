@@ -32,7 +32,8 @@ Client (talk to --addr, default $HEARTH_ADDR or http://127.0.0.1:7700):
   job cancel ID [--reason R] cancel a job (its run stops)
   job retry ID               requeue a failed, cancelled or timed-out job
   job watch ID               follow a job's events until it ends
-  model ls                   list the model catalog
+  model ls                   list the model catalog and which hosts hold each model, in which tier
+  model push FILE --name N   upload a model to the origin and register it in the catalog
   host ls                    list hosts and their slots
   operator raft peers        list the coordinators' Raft voters
   operator raft remove-peer ID   remove a coordinator from the Raft group

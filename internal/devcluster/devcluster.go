@@ -17,6 +17,7 @@ import (
 
 	"github.com/hearth-gpu/hearth/agent"
 	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/cachefs"
 	"github.com/hearth-gpu/hearth/client"
 	"github.com/hearth-gpu/hearth/coordinator"
 	"github.com/hearth-gpu/hearth/examples"
@@ -39,6 +40,13 @@ type Options struct {
 	// Coordinator, if set, edits the coordinator config before start.
 	Coordinator func(*coordinator.Config)
 	Logger      *slog.Logger
+	// S3, when set, is the origin: the demo models are uploaded to its
+	// bucket (once) and the agent fetches them from there. Results, when
+	// set, is the bucket job outputs go to, with presigned URLs.
+	S3      *cachefs.S3Config
+	Results *cachefs.S3Config
+	// Agent, if set, edits the agent config before start.
+	Agent func(*agent.Config)
 }
 
 // Cluster is a running in-process cluster.
@@ -96,7 +104,7 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		coord.Close()
 		return nil, err
 	}
-	if err := SeedModels(ctx, c.Client, c.OriginDir); err != nil {
+	if err := SeedModels(ctx, c.Client, c.OriginDir, o.S3); err != nil {
 		coord.Close()
 		return nil, err
 	}
@@ -122,6 +130,10 @@ func (c *Cluster) StartAgent(ctx context.Context) error {
 	ac.WorkerCommand, ac.WorkerEnv = o.WorkerCommand, o.WorkerEnv
 	ac.HeartbeatInterval = 500 * time.Millisecond
 	ac.Logger = o.Logger
+	ac.S3, ac.Results = o.S3, o.Results
+	if o.Agent != nil {
+		o.Agent(&ac)
+	}
 	a, err := agent.New(ctx, ac)
 	if err != nil {
 		return err
@@ -143,15 +155,33 @@ func (c *Cluster) Close() error {
 }
 
 // SeedModels writes the demo models into originDir (once; existing files
-// are reused) and registers them in the catalog.
-func SeedModels(ctx context.Context, api *client.Client, originDir string) error {
+// are reused) and registers them in the catalog. With an S3 origin, the
+// files are also uploaded to its bucket, keyed by their digests.
+func SeedModels(ctx context.Context, api *client.Client, originDir string, s3 *cachefs.S3Config) error {
+	var bucket *cachefs.S3Origin
+	if s3 != nil {
+		var err error
+		if bucket, err = cachefs.NewS3Origin(*s3); err != nil {
+			return fmt.Errorf("devcluster: %w", err)
+		}
+		if err := bucket.EnsureBucket(ctx); err != nil {
+			return fmt.Errorf("devcluster: %w", err)
+		}
+	}
 	for i, m := range examples.DemoModels {
 		path := filepath.Join(originDir, filepath.FromSlash(m.Name))
 		size, digest, err := ensureSafetensors(path, m.Size, uint64(i+1))
 		if err != nil {
 			return fmt.Errorf("devcluster: write demo model %s: %w", m.Name, err)
 		}
-		if _, err := api.PutModel(ctx, proto.Model{Name: m.Name, Digest: digest, Size: size, Origin: m.Name}); err != nil {
+		key := m.Name
+		if bucket != nil {
+			key = "blobs/sha256/" + digest.Hex()
+			if _, err := bucket.PutFile(ctx, key, path, nil); err != nil {
+				return fmt.Errorf("devcluster: upload demo model %s to %s: %w", m.Name, bucket, err)
+			}
+		}
+		if _, err := api.PutModel(ctx, proto.Model{Name: m.Name, Digest: digest, Size: size, Origin: key}); err != nil {
 			return fmt.Errorf("devcluster: register %s: %w", m.Name, err)
 		}
 	}
