@@ -22,6 +22,10 @@ type slot struct {
 	running *jobRun
 	worker  *runner.Worker
 	wake    chan struct{}
+	// residentPins hold in the disk cache the blobs the worker has loaded,
+	// so a model in VRAM is never evicted from under it: a worker restart
+	// loads from the disk again.
+	residentPins map[proto.Digest]func()
 }
 
 func newSlot(a *Agent, gpu, index int, capacity int64) *slot {
@@ -66,6 +70,7 @@ func (s *slot) loop(ctx context.Context) {
 		s.a.execute(next, s)
 		s.mu.Lock()
 		s.running = nil
+		s.syncPinsLocked()
 		s.mu.Unlock()
 		s.a.forget(next)
 		s.a.poke()
@@ -131,10 +136,41 @@ func (s *slot) state() proto.SlotState {
 	return st
 }
 
+// syncPinsLocked pins what the worker holds now and unpins what it no
+// longer holds. Callers hold s.mu.
+func (s *slot) syncPinsLocked() {
+	held := map[proto.Digest]bool{}
+	if s.worker != nil {
+		for _, m := range s.worker.Resident() {
+			held[m.Digest] = true
+		}
+	}
+	for d, unpin := range s.residentPins {
+		if !held[d] {
+			unpin()
+			delete(s.residentPins, d)
+		}
+	}
+	for d := range held {
+		if _, ok := s.residentPins[d]; ok {
+			continue
+		}
+		unpin, err := s.a.cache.Pin(d)
+		if err != nil {
+			continue // left the cache already (corrupt, removed): nothing to hold
+		}
+		if s.residentPins == nil {
+			s.residentPins = make(map[proto.Digest]func())
+		}
+		s.residentPins[d] = unpin
+	}
+}
+
 func (s *slot) close() error {
 	s.mu.Lock()
 	w := s.worker
 	s.worker = nil
+	s.syncPinsLocked()
 	s.mu.Unlock()
 	if w == nil {
 		return nil

@@ -20,6 +20,11 @@ import (
 // not its overhead, dominates a multi-gigabyte copy.
 const copyBufSize = 1 << 20
 
+// writebackChunk is how much a Put writes before it asks the kernel to start
+// writing it out, so that disk writes run alongside the copy rather than
+// all at the final fsync.
+const writebackChunk = 32 << 20
+
 // hashBufs is how many buffers a Put cycles through: enough that reading
 // and writing one does not wait on the hashing of the one before.
 const hashBufs = 4
@@ -136,7 +141,7 @@ func (s *Store) writeTemp(ctx context.Context, d proto.Digest, r io.Reader) (str
 	h := newHasher()
 	defer h.stop()
 	src := &cancelReader{ctx: ctx, stop: s.closing, r: r}
-	var n int64
+	var n, flushed int64
 	for {
 		buf := h.buf()
 		nr, rerr := io.ReadFull(src, buf)
@@ -149,6 +154,10 @@ func (s *Store) writeTemp(ctx context.Context, d proto.Digest, r io.Reader) (str
 				return "", 0, s.writeErr(d, n, err)
 			}
 			n += int64(nr)
+			if n-flushed >= writebackChunk {
+				startWriteback(f, flushed, n-flushed)
+				flushed = n
+			}
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
@@ -157,11 +166,17 @@ func (s *Store) writeTemp(ctx context.Context, d proto.Digest, r io.Reader) (str
 			return "", 0, fmt.Errorf("cachefs: put %s: reading the source stopped after %d bytes; nothing was cached: %w", d, n, rerr)
 		}
 	}
-	if got := proto.DigestFromSum(h.sum()); got != d {
+	// The sync and the hashing of the last buffers overlap; a mismatch
+	// deletes the synced file all the same.
+	synced := make(chan error, 1)
+	go func() { synced <- f.Sync() }()
+	got := proto.DigestFromSum(h.sum())
+	syncErr := <-synced
+	if got != d {
 		return "", 0, fmt.Errorf("cachefs: put %s: the %d bytes received hash to %s; the source sent wrong or truncated data and nothing was cached: %w", d, n, got, ErrDigestMismatch)
 	}
-	if err := f.Sync(); err != nil {
-		return "", 0, s.writeErr(d, n, err)
+	if syncErr != nil {
+		return "", 0, s.writeErr(d, n, syncErr)
 	}
 	if err := f.Close(); err != nil {
 		return "", 0, s.writeErr(d, n, err)
