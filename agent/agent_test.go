@@ -133,13 +133,17 @@ func TestAgentReregistersWithAFreshCoordinator(t *testing.T) {
 
 // startWithAgent starts a coordinator and one agent, both stopped when the
 // test ends, and returns a context bounding the test and a client.
-func startWithAgent(t *testing.T) (context.Context, *client.Client) {
+func startWithAgent(t *testing.T, edit ...func(*agent.Config)) (context.Context, *client.Client) {
 	addr := freeAddr(t)
 	s := startCoordinator(t, addr, t.TempDir())
 	t.Cleanup(func() { s.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
-	a, err := agent.New(ctx, agentConfig(t, "http://"+addr, t.TempDir()))
+	cfg := agentConfig(t, "http://"+addr, t.TempDir())
+	for _, f := range edit {
+		f(&cfg)
+	}
+	a, err := agent.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,5 +197,22 @@ func TestRunTimeout(t *testing.T) {
 	j, err = api.WaitJob(ctx, j.ID, 50*time.Millisecond)
 	if err != nil || j.State != proto.JobTimedOut || !strings.Contains(j.Error, "timeout_s=0.5") {
 		t.Fatalf("job = %s %q, %v", j.State, j.Error, err)
+	}
+}
+
+// The agent times its cache disk at start and reports the rate as the disk
+// tier's bandwidth, next to the rates it was configured with.
+func TestAgentReportsMeasuredDiskBandwidth(t *testing.T) {
+	ctx, api := startWithAgent(t, func(c *agent.Config) {
+		c.MeasureBandwidth = true
+		c.Bandwidth = map[proto.Tier]float64{proto.TierOrigin: 123e6}
+	})
+	hosts, err := api.Hosts(ctx)
+	if err != nil || len(hosts) != 1 {
+		t.Fatalf("hosts = %+v, %v", hosts, err)
+	}
+	bw := hosts[0].Bandwidth
+	if bw[proto.TierDisk] <= 0 || bw[proto.TierOrigin] != 123e6 {
+		t.Fatalf("registered bandwidths %v; want a measured disk rate and the configured origin rate", bw)
 	}
 }

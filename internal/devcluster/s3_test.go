@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +113,18 @@ func TestWorkflowFromS3Origin(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// The models are named in the agent's view tree, for ComfyUI.
+	views := filepath.Join(c.opts.DataDir, "agent", "models")
+	for _, m := range j.Models {
+		fi, err := os.Stat(filepath.Join(views, filepath.FromSlash(m.Name)))
+		if err != nil || fi.Size() != m.Size {
+			t.Fatalf("view of %s: %v (size %v, want %d)", m.Name, err, fi, m.Size)
+		}
+	}
+	if y, err := os.ReadFile(filepath.Join(c.opts.DataDir, "agent", "extra_model_paths.yaml")); err != nil || !strings.Contains(string(y), views) {
+		t.Fatalf("extra_model_paths.yaml = %q, %v; want it to point at %s", y, err, views)
+	}
+
 	metrics := get(t, c.Agent.URL()+"/metrics")
 	for _, want := range []string{
 		`hearth_cache_misses_total{tier="disk"} 2`,
@@ -136,4 +149,24 @@ func get(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
 	return string(b)
+}
+
+// TestMissingObjectFailsOnlyItsJob registers a model whose object the
+// origin does not have: its job fails with a message that names the key,
+// and a job that needs other models runs on.
+func TestMissingObjectFailsOnlyItsJob(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+	if _, err := c.Client.PutModel(ctx, proto.Model{Name: "loras/gone.safetensors", Size: 1234,
+		Digest: proto.Digest("sha256:" + strings.Repeat("ab", 32)), Origin: "loras/gone.safetensors"}); err != nil {
+		t.Fatal(err)
+	}
+	bad := mustSubmit(t, c, []byte(`{"worker":{"models":["loras/gone.safetensors"],"input":{}}}`))
+	good := mustSubmit(t, c, []byte(`{"worker":{"models":["loras/pixel_art_xl.safetensors"],"input":{}}}`))
+	if j, _ := waitStates(t, c, bad); j.State != proto.JobFailed || !strings.Contains(j.Error, "loras/gone.safetensors") || !strings.Contains(j.Error, "not found") {
+		t.Fatalf("job with a missing object ended %s: %q; want failed, naming the key", j.State, j.Error)
+	}
+	if j, _ := waitStates(t, c, good); j.State != proto.JobSucceeded {
+		t.Fatalf("the other job ended %s: %s", j.State, j.Error)
+	}
 }
