@@ -41,6 +41,10 @@ type Agent struct {
 	http         *httpServer // nil without HTTPAddr
 	bandwidth    map[proto.Tier]float64
 
+	peerBytesServed prometheus.Counter
+	limMu           sync.Mutex
+	limiters        map[string]*rateLimiter // per requesting peer
+
 	slots []*slot // every slot of every GPU, in (gpu, slot) order
 
 	mu   sync.Mutex
@@ -70,6 +74,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.reg = prometheus.NewRegistry()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.cacheMetrics = cachefs.NewMetrics(a.reg)
+	a.peerBytesServed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hearth_peer_bytes_served_total", Help: "Blob bytes this host sent to other hosts of the pool.",
+	})
+	a.reg.MustRegister(a.peerBytesServed)
 	if err := a.openCache(ctx); err != nil {
 		return nil, err
 	}

@@ -43,6 +43,12 @@ type Config struct {
 	// DataDir/results with file:// URLs.
 	Results          *cachefs.S3Config
 	ResultsURLExpiry time.Duration
+	// PeerToken is the secret every host of the pool shares: a peer must
+	// present it to fetch blobs from this host (empty: serve none).
+	// PeerRateBytesPerSec caps the upload rate to each requesting peer
+	// (0: unlimited).
+	PeerToken           string
+	PeerRateBytesPerSec int64
 	// CacheMaxBytes bounds the disk cache; 0 means unlimited.
 	CacheMaxBytes int64
 	// RAMMaxBytes is the RAM tier's budget: models jobs use are held

@@ -11,7 +11,7 @@ import (
 )
 
 // httpServer is the agent's own HTTP endpoint: Prometheus metrics and a
-// health check for operators (the peer blob server joins it later).
+// health check for operators, and the blobs this host serves to its peers.
 type httpServer struct {
 	srv  *fasthttp.Server
 	ln   net.Listener
@@ -34,7 +34,12 @@ func (a *Agent) serveHTTP(addr string) (*httpServer, error) {
 	h.srv = &fasthttp.Server{
 		Name: "hearth-agent",
 		Handler: func(ctx *fasthttp.RequestCtx) {
-			switch string(ctx.Path()) {
+			path := string(ctx.Path())
+			if d, ok := parseBlobPath(path); ok && ctx.IsGet() {
+				a.serveBlob(ctx, d)
+				return
+			}
+			switch path {
 			case "/metrics":
 				metrics(ctx)
 			case "/healthz":
@@ -44,7 +49,7 @@ func (a *Agent) serveHTTP(addr string) (*httpServer, error) {
 			default:
 				ctx.SetStatusCode(fasthttp.StatusNotFound)
 				ctx.SetContentType("application/json")
-				ctx.SetBodyString(`{"error":{"code":"not_found","message":"no such route on the agent: try /metrics or /healthz"}}`)
+				ctx.SetBodyString(`{"error":{"code":"not_found","message":"no such route on the agent: try /metrics, /healthz or /v1/blobs/{digest}"}}`)
 			}
 		},
 	}

@@ -134,6 +134,8 @@ func runAgent(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ScrubInterval, "scrub-interval", 24*time.Hour, "how often every cached blob is rehashed (0: never)")
 	scrubRate := fs.String("scrub-rate", "200MB", "disk read rate the scrub may use, per second")
 	fs.BoolVar(&cfg.MeasureBandwidth, "measure-bandwidth", true, "time the cache disk's read rate at start and report it to the scheduler")
+	peerTokenFile := fs.String("peer-token-file", "", "file holding the pool's peer token: hosts that present it may fetch blobs from this one")
+	peerRate := fs.String("peer-rate", "0", "upload rate to each peer fetching blobs, per second (0: unlimited)")
 	sim := fs.String("sim-gpus", "Simulated H200:141GiB", "inventory used when NVML is unavailable: NAME:SIZE[,NAME:SIZE...]")
 	slot := fs.String("slot-size", "24GiB", "VRAM slot size")
 	reserve := fs.String("reserve", "2GiB", "VRAM held back on every GPU")
@@ -163,6 +165,20 @@ func runAgent(args []string, stderr io.Writer) error {
 		return usagef("--scrub-rate: %v", err)
 	}
 	cfg.ScrubBytesPerSec = int64(sr)
+	pr, err := parseBytes(*peerRate)
+	if err != nil {
+		return usagef("--peer-rate: %v", err)
+	}
+	cfg.PeerRateBytesPerSec = int64(pr)
+	if *peerTokenFile != "" {
+		b, err := os.ReadFile(*peerTokenFile)
+		if err != nil {
+			return usagef("--peer-token-file: %v", err)
+		}
+		if cfg.PeerToken = strings.TrimSpace(string(b)); cfg.PeerToken == "" {
+			return usagef("--peer-token-file: %s is empty", *peerTokenFile)
+		}
+	}
 	if cfg.SimGPUs, err = parseSimGPUs(*sim); err != nil {
 		return usagef("--sim-gpus: %v", err)
 	}
