@@ -26,16 +26,22 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func startCluster(t *testing.T) *Cluster {
+// startCluster starts a cluster whose worker is this test binary; edit, if
+// given, changes the options first.
+func startCluster(t *testing.T, edit ...func(*Options)) *Cluster {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := Start(ctx, Options{
+	o := Options{
 		DataDir:       t.TempDir(),
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		WorkerCommand: []string{os.Args[0], "--step-delay=20ms"},
 		WorkerEnv:     []string{refworker.TestChildEnv + "=1"},
-	})
+	}
+	for _, f := range edit {
+		f(&o)
+	}
+	c, err := Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}

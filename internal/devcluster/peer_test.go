@@ -1,11 +1,9 @@
 package devcluster
 
 import (
-	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,7 +12,6 @@ import (
 	"time"
 
 	"github.com/hearth-gpu/hearth/agent"
-	"github.com/hearth-gpu/hearth/agent/runner/refworker"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
@@ -22,21 +19,9 @@ import (
 // the way another host would: whole and by range with the pool's token;
 // refused without it, for a malformed digest, and for a blob it lacks.
 func TestPeerBlobServer(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := Start(ctx, Options{
-		DataDir:       t.TempDir(),
-		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
-		WorkerCommand: []string{os.Args[0], "--step-delay=5ms"},
-		WorkerEnv:     []string{refworker.TestChildEnv + "=1"},
-		Agent: func(ac *agent.Config) {
-			ac.HTTPAddr, ac.PeerToken = "127.0.0.1:0", "pool-secret"
-		},
+	c := startCluster(t, func(o *Options) {
+		o.Agent = func(ac *agent.Config) { ac.HTTPAddr, ac.PeerToken = "127.0.0.1:0", "pool-secret" }
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
 	const name = "loras/pixel_art_xl.safetensors"
 	j, _ := waitStates(t, c, mustSubmit(t, c, []byte(`{"worker":{"models":["`+name+`"],"input":{}}}`)))
 	if j.State != proto.JobSucceeded {

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hearth-gpu/hearth/agent"
-	"github.com/hearth-gpu/hearth/agent/runner/refworker"
 	"github.com/hearth-gpu/hearth/cachefs"
 	"github.com/hearth-gpu/hearth/examples"
 	"github.com/hearth-gpu/hearth/internal/miniotest"
@@ -36,24 +34,14 @@ func TestWorkflowFromS3Origin(t *testing.T) {
 	results := *origin
 	results.Bucket = "results"
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := Start(ctx, Options{
-		DataDir:       t.TempDir(),
-		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
-		WorkerCommand: []string{os.Args[0], "--step-delay=5ms"},
-		WorkerEnv:     []string{refworker.TestChildEnv + "=1"},
-		S3:            origin,
-		Results:       &results,
-		Agent: func(ac *agent.Config) {
+	c := startCluster(t, func(o *Options) {
+		o.S3, o.Results = origin, &results
+		o.Agent = func(ac *agent.Config) {
 			ac.HTTPAddr = "127.0.0.1:0"
 			ac.RAMMaxBytes = 1 << 30
-		},
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
 	// Nothing may come from the local files: the agent knows only S3.
 	if err := os.RemoveAll(c.OriginDir); err != nil {
 		t.Fatal(err)
