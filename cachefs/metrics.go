@@ -20,6 +20,8 @@ type Metrics struct {
 	bytesOut  *prometheus.CounterVec
 	fetchSecs *prometheus.HistogramVec
 	failures  *prometheus.CounterVec
+	sources   *prometheus.CounterVec
+	peerFails *prometheus.CounterVec
 	usage     *usageCollector
 }
 
@@ -53,12 +55,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hearth_cache_fetch_failures_total", Help: "Fetches and promotions that failed, by reason.",
 		}, []string{"tier", "reason"}),
+		sources: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hearth_cache_fetched_bytes_total", Help: "Verified bytes fetched into the cache, by source: peer (another host of the pool) or origin.",
+		}, []string{"source"}),
+		peerFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hearth_peer_chunk_failures_total", Help: "Chunks a peer failed to deliver (broke off, bad bytes), by peer and reason; the peer is avoided for a while.",
+		}, []string{"peer", "reason"}),
 		usage: &usageCollector{
 			used:   prometheus.NewDesc("hearth_cache_used_bytes", "Bytes held in the tier.", tier, nil),
 			budget: prometheus.NewDesc("hearth_cache_budget_bytes", "The tier's byte budget (0: unlimited).", tier, nil),
 		},
 	}
-	reg.MustRegister(m.hits, m.misses, m.evictions, m.evicted, m.bytesIn, m.bytesOut, m.fetchSecs, m.failures, m.usage)
+	reg.MustRegister(m.hits, m.misses, m.evictions, m.evicted, m.bytesIn, m.bytesOut, m.fetchSecs, m.failures, m.sources, m.peerFails, m.usage)
 	return m
 }
 
@@ -141,4 +149,18 @@ func (m *Metrics) served(tier string, size int64) {
 		return
 	}
 	m.bytesOut.WithLabelValues(tier).Add(float64(size))
+}
+
+func (m *Metrics) fromSource(source string, n int64) {
+	if m == nil {
+		return
+	}
+	m.sources.WithLabelValues(source).Add(float64(n))
+}
+
+func (m *Metrics) peerChunkFailed(peer, reason string) {
+	if m == nil {
+		return
+	}
+	m.peerFails.WithLabelValues(peer, reason).Inc()
 }

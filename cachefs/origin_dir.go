@@ -159,11 +159,15 @@ func (o *DirOrigin) Put(ctx context.Context, key string, r io.Reader) (int64, er
 type ctxFile struct {
 	ctx context.Context
 	f   *os.File
+	r   io.Reader // a section of f, or nil for all of it
 }
 
 func (f *ctxFile) Read(p []byte) (int, error) {
 	if err := f.ctx.Err(); err != nil {
 		return 0, err
+	}
+	if f.r != nil {
+		return f.r.Read(p)
 	}
 	return f.f.Read(p)
 }
@@ -179,4 +183,21 @@ func kindOf(m fs.FileMode) string {
 	default:
 		return "special file"
 	}
+}
+
+// OpenRange returns bytes [off, off+n) of the object at key.
+func (o *DirOrigin) OpenRange(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	rc, size, err := o.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || n < 0 || off+n > size {
+		rc.Close()
+		return nil, fmt.Errorf("cachefs: %s key %q: range %d+%d is outside its %d bytes; the catalog's size is wrong", o, key, off, n, size)
+	}
+	cf := rc.(*ctxFile)
+	return struct {
+		io.Reader
+		io.Closer
+	}{&ctxFile{ctx: ctx, f: cf.f, r: io.NewSectionReader(cf.f, off, n)}, cf}, nil
 }

@@ -231,6 +231,30 @@ func (o *S3Origin) object(key string) (string, error) {
 	return o.cfg.Prefix + "/" + key, nil
 }
 
+// OpenRange returns bytes [off, off+n) of the object at key, in one ranged
+// GET (retried while the server does not answer). The caller checks the
+// bytes, so the object's ETag is not pinned as Open pins it.
+func (o *S3Origin) OpenRange(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	obj, err := o.object(key)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || n <= 0 {
+		return nil, fmt.Errorf("cachefs: %s key %q: bad range %d+%d", o, key, off, n)
+	}
+	// size past the range's end makes get always send a Range header.
+	src := s3Source{o: o, ctx: ctx, key: key, obj: obj, size: off + n + 1}
+	var body io.ReadCloser
+	err = o.retry(ctx, "get", key, func() (err error) {
+		body, err = src.get(off, off+n-1)
+		return err
+	})
+	if err != nil {
+		return nil, o.fail("get", key, err)
+	}
+	return body, nil
+}
+
 // Open returns the object at key and its size. See S3Origin for how it
 // reads; the returned reader yields the object's bytes in order, stops
 // once ctx is done, and Close releases its connections and buffers.

@@ -1,6 +1,7 @@
 package cachefs
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -31,6 +32,20 @@ type Config struct {
 	FetchBackoff time.Duration
 	// Metrics receives the cache's counters; nil records none.
 	Metrics *Metrics
+
+	// Peer fetches (see SetPeers). PeerParallel is how many chunks move at
+	// once (default 8). PeerSettle is how long a new download waits, after
+	// announcing itself, before it takes chunks from the origin, so hosts
+	// that start together learn of each other and split the origin's
+	// chunks instead of each reading all of them (default 500 ms, about two
+	// gossip rounds). PeerStall is how long a download waits for a chunk
+	// another host took from the origin before reading it from the origin
+	// itself (default 5 s). PeerAvoid is how long a peer that sent bad
+	// bytes or broke off is left out (default 30 s).
+	PeerParallel int
+	PeerSettle   time.Duration
+	PeerStall    time.Duration
+	PeerAvoid    time.Duration
 }
 
 var (
@@ -70,6 +85,12 @@ type Store struct {
 	policy               policy
 	lock                 *dirLock
 	metrics              *Metrics
+
+	peerCfg  peerConfig
+	peers    atomic.Pointer[Peers]
+	avoid    avoidList
+	partMu   sync.Mutex
+	partials map[proto.Digest]*chunkFetch // chunked downloads in progress
 
 	closing  chan struct{} // closed by Close: stops copies and backoffs
 	active   sync.WaitGroup
@@ -113,6 +134,13 @@ func openPolicy(cfg Config, newPolicy func(maxBytes int64) policy) (*Store, erro
 		policy:  newPolicy(cfg.MaxBytes),
 		closing: make(chan struct{}),
 		blobs:   make(map[proto.Digest]*entry),
+		peerCfg: peerConfig{
+			parallel: cmp.Or(cfg.PeerParallel, 8),
+			settle:   cmp.Or(cfg.PeerSettle, 500*time.Millisecond),
+			stall:    cmp.Or(cfg.PeerStall, 5*time.Second),
+			avoidFor: cmp.Or(cfg.PeerAvoid, 30*time.Second),
+		},
+		partials: make(map[proto.Digest]*chunkFetch),
 	}
 	if s.log == nil {
 		s.log = slog.Default()

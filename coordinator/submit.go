@@ -236,7 +236,8 @@ func (s *Server) resolve(needs []modelNeed) ([]proto.ModelRef, error) {
 			}
 			return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: "model_not_found", Field: n.field, Message: msg}
 		}
-		refs = append(refs, proto.ModelRef{Name: m.Name, Digest: m.Digest, Size: m.Size, Origin: m.Origin, Node: n.node, Input: n.input})
+		refs = append(refs, proto.ModelRef{Name: m.Name, Digest: m.Digest, Size: m.Size, Origin: m.Origin,
+			ChunkSize: m.ChunkSize, Chunks: m.Chunks, Node: n.node, Input: n.input})
 	}
 	return refs, nil
 }

@@ -23,7 +23,9 @@ type Inventory struct {
 	RAM  []proto.Digest
 	Disk []proto.Digest
 	// Chunks lists, for blobs still downloading, the chunk indexes already
-	// written, which a peer may fetch before the blob is complete.
+	// written, which a peer may fetch before the blob is complete. A blob
+	// listed with no indexes is one this member has started to download:
+	// peers pulling it too share the origin's chunks out among themselves.
 	Chunks map[proto.Digest][]int
 }
 
@@ -31,7 +33,8 @@ type Inventory struct {
 type Holder struct {
 	Member Member
 	// Tier is the fastest tier holding the whole blob (ram or disk), or ""
-	// if the member holds only Chunks.
+	// if the member is still downloading it and holds only Chunks (perhaps
+	// none yet).
 	Tier   proto.Tier
 	Chunks []int
 }
@@ -41,7 +44,11 @@ type tierMask uint8
 const (
 	maskRAM tierMask = 1 << iota
 	maskDisk
-	maskKnown = maskRAM | maskDisk
+	// maskPulling marks a blob the member is downloading, so that a
+	// download that has no chunk yet is still known to its peers.
+	maskPulling
+	maskWhole = maskRAM | maskDisk
+	maskKnown = maskRAM | maskDisk | maskPulling
 )
 
 func maskOf(t proto.Tier) (tierMask, error) {
@@ -163,7 +170,7 @@ func (r *record) inventory() Inventory {
 		if e.tiers&maskDisk != 0 {
 			inv.Disk = append(inv.Disk, dg)
 		}
-		if len(e.chunks) > 0 {
+		if e.tiers&maskWhole == 0 && e.tiers&maskPulling != 0 {
 			if inv.Chunks == nil {
 				inv.Chunks = map[proto.Digest][]int{}
 			}
@@ -205,13 +212,12 @@ func entriesOf(inv Inventory, ver uint64) (map[sum]entry, error) {
 		if e.chunks, err = bitmapAdd(e.chunks, idx); err != nil {
 			return nil, err
 		}
-		if e.tiers != 0 {
+		if e.tiers&maskWhole != 0 {
 			e.chunks = nil // whole blobs need no chunk list
+		} else {
+			e.tiers |= maskPulling
 		}
 		e.ver = ver
-		if e.empty() {
-			continue // an empty chunk list publishes nothing
-		}
 		ents[s] = e
 	}
 	return ents, nil

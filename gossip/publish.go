@@ -51,7 +51,7 @@ func (p *Pool) Added(d proto.Digest, tier proto.Tier) error {
 		return err
 	}
 	return p.change(d, func(e *entry) error {
-		e.tiers |= m
+		e.tiers = e.tiers&^maskPulling | m
 		e.chunks = nil
 		return nil
 	})
@@ -67,6 +67,7 @@ func (p *Pool) Evicted(d proto.Digest, tier proto.Tier) error {
 	return p.change(d, func(e *entry) error {
 		e.tiers &^= m
 		if m == maskDisk {
+			e.tiers &^= maskPulling
 			e.chunks = nil
 		}
 		return nil
@@ -74,18 +75,21 @@ func (p *Pool) Evicted(d proto.Digest, tier proto.Tier) error {
 }
 
 // ChunksHave publishes that chunks idx of a blob still downloading are
-// written, adding to those published before. Indexes are the caller's
-// (the peer fetch protocol's chunk size), from 0 to MaxChunks-1.
+// written, adding to those published before; with no indexes it publishes
+// that the download has started. Indexes are the caller's (the peer fetch
+// protocol's chunk size), from 0 to MaxChunks-1. Evicted(d, disk)
+// withdraws an abandoned download.
 func (p *Pool) ChunksHave(d proto.Digest, idx []int) error {
 	if _, err := bitmapAdd(nil, idx); err != nil {
 		return err
 	}
 	return p.change(d, func(e *entry) error {
-		if e.tiers != 0 {
+		if e.tiers&maskWhole != 0 {
 			return nil // already whole
 		}
 		c, err := bitmapAdd(e.chunks, idx)
 		e.chunks = c
+		e.tiers |= maskPulling
 		return err
 	})
 }
@@ -141,6 +145,8 @@ func (p *Pool) Holders(d proto.Digest) []Holder {
 		}
 		h := Holder{Member: m.clone()}
 		switch {
+		case e.tiers&maskWhole == 0 && e.tiers&maskPulling == 0:
+			continue // left behind by an older peer: holds nothing usable
 		case e.tiers&maskRAM != 0:
 			h.Tier = proto.TierRAM
 		case e.tiers&maskDisk != 0:

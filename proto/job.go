@@ -115,6 +115,9 @@ type ModelRef struct {
 	Digest Digest `json:"digest"`
 	Size   int64  `json:"size"`
 	Origin string `json:"origin"`
+	// ChunkSize and Chunks are the catalog's chunk digests (Model.Chunks).
+	ChunkSize int64    `json:"chunk_size,omitempty"`
+	Chunks    []Digest `json:"chunks,omitempty"`
 	// Node and Input say where in a workflow the name came from.
 	Node  string `json:"node,omitempty"`
 	Input string `json:"input,omitempty"`

@@ -15,7 +15,13 @@ type Model struct {
 	Size   int64  `json:"size"`
 	// Origin is the object's location in the origin store: a key relative to
 	// the origin's root (a bucket or a directory).
-	Origin    string    `json:"origin"`
+	Origin string `json:"origin"`
+	// ChunkSize and Chunks, when set, split the bytes for transfer between
+	// hosts: Chunks[i] is the digest of bytes [i*ChunkSize, (i+1)*ChunkSize)
+	// (see ChunkSizeFor and HashChunked). A model without them still moves
+	// between hosts, but whole, from one peer at a time.
+	ChunkSize int64     `json:"chunk_size,omitempty"`
+	Chunks    []Digest  `json:"chunks,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 	// Index is the Raft index of the entry that last wrote this model.
@@ -73,7 +79,7 @@ func (m *Model) Validate() *FieldError {
 	if err := ValidateModelName(m.Origin); err != nil {
 		return &FieldError{Field: "origin", Message: "origin key " + err.Error()}
 	}
-	return nil
+	return validateChunks(m.Size, m.ChunkSize, m.Chunks)
 }
 
 // FieldError is a validation failure that names the offending field, so the

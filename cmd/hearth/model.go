@@ -84,7 +84,7 @@ func runModelPush(args []string, stdout, stderr io.Writer) error {
 		bar = newProgressBar(stderr, fi.Size())
 	}
 	bar.phase("hashing")
-	size, digest, err := hashFileProgress(path, bar)
+	size, digest, chunkSize, chunks, err := hashFileProgress(path, bar)
 	if err != nil {
 		return fmt.Errorf("hash %s: %w", path, err)
 	}
@@ -121,7 +121,7 @@ func runModelPush(args []string, stdout, stderr io.Writer) error {
 	}
 	took := time.Since(start)
 	bar.done()
-	m, err := api.PutModel(ctx, proto.Model{Name: *name, Digest: digest, Size: size, Origin: objKey})
+	m, err := api.PutModel(ctx, proto.Model{Name: *name, Digest: digest, Size: size, Origin: objKey, ChunkSize: chunkSize, Chunks: chunks})
 	if err != nil {
 		return fmt.Errorf("uploaded to %s key %s, but registering %s in the catalog failed (push again to retry): %w", origin, objKey, *name, err)
 	}
@@ -161,17 +161,21 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func hashFileProgress(path string, bar *progressBar) (int64, proto.Digest, error) {
+// hashFileProgress hashes a model file whole and in the chunks hosts
+// exchange it in, in one pass.
+func hashFileProgress(path string, bar *progressBar) (size int64, d proto.Digest, chunkSize int64, chunks []proto.Digest, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, "", err
+		return 0, "", 0, nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, "", err
+		return 0, "", 0, nil, err
 	}
-	return proto.DigestOf(&countingReader{r: f, total: fi.Size(), progress: bar.set})
+	chunkSize = proto.ChunkSizeFor(fi.Size())
+	size, d, chunks, err = proto.HashChunked(&countingReader{r: f, total: fi.Size(), progress: bar.set}, chunkSize)
+	return size, d, chunkSize, chunks, err
 }
 
 // progressBar draws one line on a terminal, redrawn at most five times a
