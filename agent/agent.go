@@ -39,6 +39,7 @@ type Agent struct {
 	reg          *prometheus.Registry
 	cacheMetrics *cachefs.Metrics
 	http         *httpServer // nil without HTTPAddr
+	peers        *peerPool   // nil outside a gossip pool
 	bandwidth    map[proto.Tier]float64
 
 	peerBytesServed prometheus.Counter
@@ -50,9 +51,11 @@ type Agent struct {
 	mu   sync.Mutex
 	jobs map[string]*jobRun // live assignments by job id
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New discovers GPUs, opens the cache and starts the agent's loops. It
@@ -96,6 +99,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			a.Close()
 			return nil, err
 		}
+	}
+	if err := a.startGossip(); err != nil {
+		a.Close()
+		return nil, err
 	}
 	if err := a.register(ctx); err != nil {
 		a.Close()
@@ -151,6 +158,7 @@ func (a *Agent) hostRecord() proto.Host {
 	return proto.Host{
 		ID: a.cfg.HostID, Addr: a.cfg.Addr, DeviceKind: a.devs.Kind(), GPUs: a.gpus,
 		Labels: a.cfg.Labels, Bandwidth: a.bandwidth, Version: Version,
+		PeerFetch: a.peers != nil && a.cfg.PeerToken != "",
 	}
 }
 
@@ -192,6 +200,7 @@ func (a *Agent) heartbeatLoop() {
 	defer t.Stop()
 	for {
 		a.sendHeartbeat()
+		a.publishInventory()
 		select {
 		case <-a.ctx.Done():
 			return
@@ -224,8 +233,13 @@ func (a *Agent) poke() {
 }
 
 // Close stops taking work, cancels running jobs, stops workers and releases
-// the cache.
+// the cache. Only the first call does anything.
 func (a *Agent) Close() error {
+	a.closeOnce.Do(func() { a.closeErr = a.close() })
+	return a.closeErr
+}
+
+func (a *Agent) close() error {
 	if a.cancel != nil {
 		a.cancel()
 	}
@@ -234,6 +248,7 @@ func (a *Agent) Close() error {
 	for _, sl := range a.slots {
 		errs = append(errs, sl.close())
 	}
+	errs = append(errs, a.closeGossip())
 	if a.http != nil {
 		errs = append(errs, a.http.close())
 	}

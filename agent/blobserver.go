@@ -38,30 +38,11 @@ func (a *Agent) serveBlob(ctx *fasthttp.RequestCtx, digest string) {
 		blobError(ctx, fasthttp.StatusBadRequest, "bad_digest", err.Error())
 		return
 	}
-	path, ok := a.cache.Path(d)
-	if !ok {
-		blobError(ctx, fasthttp.StatusNotFound, "not_cached", fmt.Sprintf("this host does not hold %s", d))
-		return
-	}
-	unpin, err := a.cache.Pin(d) // not evicted while a peer reads it
+	f, unpin, size, err := a.openBlob(d)
 	if err != nil {
 		blobError(ctx, fasthttp.StatusNotFound, "not_cached", err.Error())
 		return
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		unpin()
-		blobError(ctx, fasthttp.StatusNotFound, "not_cached", fmt.Sprintf("this host does not hold %s any more", d))
-		return
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		unpin()
-		blobError(ctx, fasthttp.StatusInternalServerError, "internal", err.Error())
-		return
-	}
-	size := fi.Size()
 	start, end := int64(0), size-1
 	status := fasthttp.StatusOK
 	if r := ctx.Request.Header.Peek("Range"); len(r) > 0 {
@@ -75,6 +56,15 @@ func (a *Agent) serveBlob(ctx *fasthttp.RequestCtx, digest string) {
 		}
 		start, end, status = int64(s), int64(e), fasthttp.StatusPartialContent
 		ctx.Response.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
+	}
+	if f == nil { // a download in progress: only the chunks it has written
+		if f, err = a.cache.OpenPartial(d, start, end-start+1); err != nil {
+			// It may have completed since openBlob looked.
+			if f, unpin, _, err = a.openBlob(d); err != nil || f == nil {
+				blobError(ctx, fasthttp.StatusNotFound, "not_cached", fmt.Sprintf("this host has not yet written bytes %d-%d of %s", start, end, d))
+				return
+			}
+		}
 	}
 	n := end - start + 1
 	ctx.SetStatusCode(status)
@@ -90,6 +80,34 @@ func (a *Agent) serveBlob(ctx *fasthttp.RequestCtx, digest string) {
 		unpin()
 		a.peerBytesServed.Add(float64(sent))
 	}}, int(n))
+}
+
+// openBlob opens d's cached blob, pinned so that it is not evicted while a
+// peer reads it. For a blob this host is still downloading it returns a nil
+// file and the blob's size: the caller opens the range it wants with
+// OpenPartial.
+func (a *Agent) openBlob(d proto.Digest) (f *os.File, unpin func(), size int64, err error) {
+	path, ok := a.cache.Path(d)
+	if !ok {
+		if size, ok := a.cache.PartialSize(d); ok {
+			return nil, func() {}, size, nil
+		}
+		return nil, nil, 0, fmt.Errorf("this host does not hold %s", d)
+	}
+	if unpin, err = a.cache.Pin(d); err != nil {
+		return nil, nil, 0, err
+	}
+	if f, err = os.Open(path); err != nil {
+		unpin()
+		return nil, nil, 0, fmt.Errorf("this host does not hold %s any more", d)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		unpin()
+		return nil, nil, 0, err
+	}
+	return f, unpin, fi.Size(), nil
 }
 
 // blobBody releases the file and the pin once fasthttp has sent the body.

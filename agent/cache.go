@@ -39,7 +39,9 @@ func (a *Agent) openCache(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	if cfg.S3 != nil {
+	if cfg.Origin != nil {
+		a.origin = cfg.Origin
+	} else if cfg.S3 != nil {
 		s3 := *cfg.S3
 		s3.Logger = a.log
 		o, err := cachefs.NewS3Origin(s3)
@@ -94,6 +96,7 @@ func (a *Agent) promote(m proto.ModelRef) {
 			a.log.Warn("model stays on disk: promotion to RAM failed", "model", m.Name, "err", err)
 			return
 		}
+		a.published(m.Digest, proto.TierRAM)
 		a.poke() // the scheduler should see the new tier
 	}()
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hearth-gpu/hearth/agent/gpu"
 	"github.com/hearth-gpu/hearth/cachefs"
+	"github.com/hearth-gpu/hearth/gossip"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
@@ -49,6 +50,16 @@ type Config struct {
 	// (0: unlimited).
 	PeerToken           string
 	PeerRateBytesPerSec int64
+	// Gossip, when Gossip.BindAddr is set, joins this host to the pool of
+	// agents and coordinators: it finds peers there, publishes what its
+	// cache holds, and fetches models from peers (which needs PeerToken)
+	// before the origin. NodeName, Role, APIAddr, BlobAddr and Labels are
+	// filled in by the agent.
+	Gossip *gossip.Config
+	// Origin, when set, is the origin itself, instead of one built from
+	// OriginDir or S3 (for programs that embed an agent).
+	Origin cachefs.Origin
+
 	// CacheMaxBytes bounds the disk cache; 0 means unlimited.
 	CacheMaxBytes int64
 	// RAMMaxBytes is the RAM tier's budget: models jobs use are held
@@ -117,7 +128,7 @@ func ValidateConfig(c *Config) error {
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("agent: config: data_dir must be set"))
 	}
-	if c.OriginDir == "" && c.S3 == nil {
+	if c.OriginDir == "" && c.S3 == nil && c.Origin == nil {
 		errs = append(errs, errors.New("agent: config: set origin_dir, or an S3 origin"))
 	}
 	if c.ResultsURLExpiry < 0 || c.ResultsURLExpiry > maxPresignExpiry {

@@ -123,13 +123,13 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 // fetch can evict the blob between Fetch and Pin, so that race is retried.
 func (a *Agent) fetchPinned(ctx context.Context, m proto.ModelRef) (string, func(), error) {
 	for attempt := 0; ; attempt++ {
-		path, fetched, err := a.cache.Fetch(ctx, m.Digest, a.origin, m.Origin)
+		path, src, err := a.cache.FetchBlob(ctx, cachefs.BlobOf(m, a.origin))
 		if err != nil {
 			return "", nil, err
 		}
 		unpin, err := a.cache.Pin(m.Digest)
 		if err == nil {
-			a.log.Debug("model in cache", "model", m.Name, "fetched_from_origin", fetched)
+			a.log.Debug("model in cache", "model", m.Name, "fetched", src.Fetched(), "from_peers", src.Peer, "from_origin", src.Origin)
 			return path, unpin, nil
 		}
 		if !errors.Is(err, cachefs.ErrNotCached) || attempt == 2 {

@@ -533,3 +533,14 @@ func (s *Store) Partials() map[proto.Digest][]int {
 	}
 	return out
 }
+
+// PartialSize returns the size of d if a chunked download of it is in
+// progress.
+func (s *Store) PartialSize(d proto.Digest) (int64, bool) {
+	s.partMu.Lock()
+	defer s.partMu.Unlock()
+	if cf := s.partials[d]; cf != nil {
+		return cf.b.Size, true
+	}
+	return 0, false
+}

@@ -6,16 +6,16 @@ package gossip
 import "github.com/hearth-gpu/hearth/proto"
 
 // SetInventory replaces this member's whole published inventory (at start,
-// or after a rescan). What changed goes out as broadcasts, and the new
-// version in the meta.
+// after a rescan, or now and then to catch what no single change
+// reported). What changed goes out as broadcasts, and the new version in
+// the meta; an unchanged inventory sends nothing.
 func (p *Pool) SetInventory(inv Inventory) error {
 	ents, err := entriesOf(inv, 0)
 	if err != nil {
 		return err
 	}
 	p.mu.Lock()
-	p.local.version++
-	v := p.local.version
+	v := p.local.version + 1
 	var msgs []outgoing
 	for d, e := range ents {
 		if cur, ok := p.local.ents[d]; ok && sameEntry(cur, e) {
@@ -31,6 +31,13 @@ func (p *Pool) SetInventory(inv Inventory) error {
 			msgs = append(msgs, p.outgoingLocked(d, entry{ver: v}))
 		}
 	}
+	if len(msgs) == 0 {
+		// Nothing changed: no new version, no meta update. Callers may
+		// republish on a timer.
+		p.mu.Unlock()
+		return nil
+	}
+	p.local.version = v
 	p.local.ents, p.local.base = ents, v
 	p.meta.InventoryVersion = v
 	p.metaBytes = p.meta.encode()

@@ -41,6 +41,15 @@ type Host struct {
 	// missed heartbeats past the grace); its next registration clears it.
 	DownAt     *time.Time `json:"down_at,omitempty"`
 	DownReason string     `json:"down_reason,omitempty"`
+	// PeerFetch is set by a host that is in the gossip pool and fetches
+	// models from, and serves them to, other hosts; the scheduler counts
+	// the peer tiers only between such hosts.
+	PeerFetch bool `json:"peer_fetch,omitempty"`
+	// Gossip is the host's state in the answering coordinator's gossip
+	// pool (alive, suspect, dead, left), or empty when that coordinator is
+	// not in one or has not seen the host there. It is a view, not part of
+	// the replicated record.
+	Gossip string `json:"gossip,omitempty"`
 }
 
 // CachedBlob is a blob held on a host outside any worker.

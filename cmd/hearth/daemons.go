@@ -136,6 +136,8 @@ func runAgent(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.MeasureBandwidth, "measure-bandwidth", true, "time the cache disk's read rate at start and report it to the scheduler")
 	peerTokenFile := fs.String("peer-token-file", "", "file holding the pool's peer token: hosts that present it may fetch blobs from this one")
 	peerRate := fs.String("peer-rate", "0", "upload rate to each peer fetching blobs, per second (0: unlimited)")
+	gossipFs := addGossipFlags(fs)
+	labels := addLabelFlags(fs)
 	sim := fs.String("sim-gpus", "Simulated H200:141GiB", "inventory used when NVML is unavailable: NAME:SIZE[,NAME:SIZE...]")
 	slot := fs.String("slot-size", "24GiB", "VRAM slot size")
 	reserve := fs.String("reserve", "2GiB", "VRAM held back on every GPU")
@@ -179,6 +181,10 @@ func runAgent(args []string, stderr io.Writer) error {
 			return usagef("--peer-token-file: %s is empty", *peerTokenFile)
 		}
 	}
+	if cfg.Gossip, err = gossipFs.config(); err != nil {
+		return err
+	}
+	cfg.Labels = labels()
 	if cfg.SimGPUs, err = parseSimGPUs(*sim); err != nil {
 		return usagef("--sim-gpus: %v", err)
 	}
