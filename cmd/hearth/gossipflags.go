@@ -75,4 +75,3 @@ func addLabelFlags(fs *flag.FlagSet) func() map[string]string {
 		return out
 	}
 }
-
