@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/hearth-gpu/hearth/agent"
 	"github.com/hearth-gpu/hearth/cachefs"
+	"github.com/hearth-gpu/hearth/client"
+	"github.com/hearth-gpu/hearth/coordinator"
 	"github.com/hearth-gpu/hearth/gossip"
 	"github.com/hearth-gpu/hearth/proto"
 )
@@ -214,5 +217,61 @@ func TestPeerDiesMidTransfer(t *testing.T) {
 	}
 	if fromOrigin > m.Size-src.Peer {
 		t.Fatalf("origin served %d bytes, more than the %d the peer had not sent", fromOrigin, m.Size-src.Peer)
+	}
+}
+
+// TestGossipMarksALostHostDownBeforeTheHeartbeatGrace: the coordinator is
+// in the pool, sees the host there, and marks it down as soon as it leaves,
+// long before a minute without heartbeats would.
+func TestGossipMarksALostHostDownBeforeTheHeartbeatGrace(t *testing.T) {
+	cfg := coordinator.DefaultConfig()
+	cfg.DataDir, cfg.HTTPAddr, cfg.RaftAddr = t.TempDir(), freeAddr(t), "127.0.0.1:0"
+	cfg.Bootstrap, cfg.RaftFastTimeouts, cfg.RaftLogLevel = true, true, "error"
+	cfg.SchedulerInterval, cfg.Logger, cfg.HeartbeatGrace = 50*time.Millisecond, quiet, time.Minute
+	cfg.Gossip = &gossip.Config{BindAddr: "127.0.0.1:0", Label: "test", GossipInterval: 20 * time.Millisecond, ProbeInterval: 200 * time.Millisecond}
+	coord, err := coordinator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { coord.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := coord.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	acfg := agentConfig(t, "http://"+coord.HTTPAddr(), t.TempDir())
+	acfg.HTTPAddr, acfg.Addr, acfg.PeerToken = "127.0.0.1:0", "", "pool-secret"
+	acfg.Gossip = &gossip.Config{BindAddr: "127.0.0.1:0", Label: "test", Join: []string{coord.GossipAddr()},
+		GossipInterval: 20 * time.Millisecond, ProbeInterval: 200 * time.Millisecond}
+	a, err := agent.New(ctx, acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := client.New("http://"+coord.HTTPAddr(), nil)
+	host := func() proto.HostView {
+		hosts, err := api.Hosts(ctx)
+		if err != nil || len(hosts) != 1 {
+			t.Fatalf("hosts = %v, %v; want the one agent", hosts, err)
+		}
+		return hosts[0]
+	}
+	for h := host(); h.Gossip != "alive" || h.Status != proto.HostReady || !h.PeerFetch; h = host() {
+		if ctx.Err() != nil {
+			t.Fatalf("host %+v never listed as ready, alive in gossip, fetching from peers", h)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	closed := time.Now()
+	a.Close()
+	for h := host(); h.Status != proto.HostDown; h = host() {
+		if ctx.Err() != nil {
+			t.Fatalf("host %s still %s (gossip %s) after it left the pool", h.ID, h.Status, h.Gossip)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	h := host()
+	t.Logf("host marked down %s after it left (heartbeat grace %s): %s; gossip %s", time.Since(closed).Round(time.Millisecond), cfg.HeartbeatGrace, h.DownReason, h.Gossip)
+	if !strings.Contains(h.DownReason, "gossip") {
+		t.Fatalf("down reason %q does not name gossip", h.DownReason)
 	}
 }

@@ -180,9 +180,12 @@ func (s *Server) handleListJobs(ctx *fasthttp.RequestCtx) (int, any, error) {
 
 func (s *Server) handleListHosts(*fasthttp.RequestCtx) (int, any, error) {
 	hosts := s.fsm.Hosts()
+	states := s.gossipStates()
 	out := make([]proto.HostView, 0, len(hosts))
 	for _, h := range hosts {
-		out = append(out, s.hostView(h))
+		v := s.hostView(h)
+		v.Gossip = states[h.ID]
+		out = append(out, v)
 	}
 	return http.StatusOK, map[string]any{"hosts": out}, nil
 }

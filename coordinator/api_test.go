@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -201,7 +202,7 @@ func TestSubmitAcceptsWorkflowAndResolvesModels(t *testing.T) {
 		t.Fatalf("accepted job: state %s attempts %d placement %+v submitted %v; want a fresh queued job", j.State, j.Attempts, j.Placement, j.SubmittedAt)
 	}
 	want := proto.ModelRef{Name: m.Name, Digest: testDigest(m.Name), Size: size, Origin: m.Name, Node: "4", Input: "ckpt_name"}
-	if len(j.Models) != 1 || j.Models[0] != want {
+	if len(j.Models) != 1 || !reflect.DeepEqual(j.Models[0], want) {
 		t.Fatalf("resolved models %+v, want [%+v]", j.Models, want)
 	}
 	if after := s.FSM().Index(); after != before+1 || j.Index != after {
@@ -212,7 +213,7 @@ func TestSubmitAcceptsWorkflowAndResolvesModels(t *testing.T) {
 	if err != nil {
 		t.Fatalf("get job: %v", err)
 	}
-	if got.ID != j.ID || got.State != proto.JobQueued || len(got.Models) != 1 || got.Models[0] != want || !got.SubmittedAt.Equal(j.SubmittedAt) {
+	if got.ID != j.ID || got.State != proto.JobQueued || len(got.Models) != 1 || !reflect.DeepEqual(got.Models[0], want) || !got.SubmittedAt.Equal(j.SubmittedAt) {
 		t.Fatalf("GET /v1/jobs/%s = %+v, want the accepted job %+v", j.ID, got, j)
 	}
 	if !bytes.Equal(got.Spec.Workflow, j.Spec.Workflow) || !json.Valid(got.Spec.Workflow) {

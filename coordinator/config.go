@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/hearth-gpu/hearth/coordinator/webhook"
+	"github.com/hearth-gpu/hearth/gossip"
 
 	"github.com/hearth-gpu/hearth/proto"
 )
@@ -124,6 +125,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; tests replace it.
 	Now func() time.Time
+
+	// Gossip, when Gossip.BindAddr is set, joins this node to the pool of
+	// agents and coordinators: the leader marks an agent down as soon as
+	// gossip declares it dead or it leaves. NodeName, Role and APIAddr are
+	// filled in by the coordinator.
+	Gossip *gossip.Config
 }
 
 // Peer is one Raft voter: its id and Raft address.

@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/hearth-gpu/hearth/coordinator/eventbus"
+	"github.com/hearth-gpu/hearth/gossip"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
@@ -32,6 +33,7 @@ type Server struct {
 	auth    *authenticator
 	hooks   *dispatcher
 	fwd     *fasthttp.Client // forwards requests to the leader
+	gossip  *gossip.Pool     // nil outside a gossip pool
 
 	ln   net.Listener
 	http *fasthttp.Server
@@ -91,6 +93,12 @@ func New(cfg Config) (*Server, error) {
 			s.log.Error("http server stopped", "err", err)
 		}
 	})
+	if err := s.startGossip(); err != nil {
+		s.cancel()
+		s.http.Shutdown()
+		rn.close()
+		return nil, err
+	}
 	s.goBackground(s.runLeadership)
 	s.goBackground(s.watchLeader)
 	s.goBackground(func() { s.batch.run(s.ctx) })
@@ -211,7 +219,8 @@ func (s *Server) startLeaderLoops() (stop func()) {
 func (s *Server) Close() error {
 	s.cancel()
 	s.bus.Close() // ends event streams, which Shutdown would wait for
+	gerr := s.closeGossip()
 	err := s.http.Shutdown()
 	s.wg.Wait()
-	return errors.Join(err, s.raft.close())
+	return errors.Join(gerr, err, s.raft.close())
 }

@@ -60,21 +60,28 @@ func (s *Server) sweepHosts(now, since time.Time) error {
 		if silent <= s.cfg.HeartbeatGrace {
 			continue
 		}
-		res, err := s.propose(&proto.MarkHostDown{
-			HostID: h.ID, Time: now.UTC(),
-			Reason:  fmt.Sprintf("no heartbeat for %s (grace %s)", silent.Round(time.Millisecond), s.cfg.HeartbeatGrace),
-			Backoff: s.cfg.RequeueBackoff, BackoffMax: s.cfg.RequeueBackoffMax,
-		})
-		if err != nil {
+		reason := fmt.Sprintf("no heartbeat for %s (grace %s)", silent.Round(time.Millisecond), s.cfg.HeartbeatGrace)
+		if err := s.markHostDown(h.ID, reason); err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		r := res.(*HostDownResult)
-		s.metrics.hostsDown.Inc()
-		s.metrics.requeued.Add(float64(len(r.Requeued)))
-		s.log.Warn("host down", "host", h.ID, "silent", silent.Round(time.Millisecond), "requeued", len(r.Requeued), "failed", len(r.Failed))
 	}
 	return errors.Join(errs...)
+}
+
+// markHostDown commits that a host is down, which requeues its jobs.
+func (s *Server) markHostDown(id, reason string) error {
+	res, err := s.propose(&proto.MarkHostDown{
+		HostID: id, Time: s.cfg.Now().UTC(), Reason: reason,
+		Backoff: s.cfg.RequeueBackoff, BackoffMax: s.cfg.RequeueBackoffMax,
+	})
+	if err != nil {
+		return err
+	}
+	r := res.(*HostDownResult)
+	s.metrics.hostsDown.Inc()
+	s.metrics.requeued.Add(float64(len(r.Requeued)))
+	s.log.Warn("host down", "host", id, "reason", reason, "requeued", len(r.Requeued), "failed", len(r.Failed))
+	return nil
 }
 
 // queuedSince is when j last entered the queue (submission, a requeue or

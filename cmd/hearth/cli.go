@@ -230,7 +230,7 @@ func runHost(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATUS\tDEVICES\tGPUS\tSLOTS\tBUSY\tRESIDENT\tCACHED\tLAST_HEARTBEAT")
+	fmt.Fprintln(tw, "ID\tSTATUS\tDEVICES\tGPUS\tSLOTS\tBUSY\tRESIDENT\tCACHED\tLAST_HEARTBEAT\tGOSSIP")
 	for _, h := range hosts {
 		slots, busy, resident := 0, 0, 0
 		for _, g := range h.GPUs {
@@ -246,7 +246,8 @@ func runHost(args []string, stdout, stderr io.Writer) error {
 		if h.LastHeartbeat != nil {
 			last = time.Since(*h.LastHeartbeat).Round(100*time.Millisecond).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", h.ID, h.Status, h.DeviceKind, len(h.GPUs), slots, busy, resident, len(h.Cache), last)
+		gossipState := cmp.Or(h.Gossip, "-")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", h.ID, h.Status, h.DeviceKind, len(h.GPUs), slots, busy, resident, len(h.Cache), last, gossipState)
 	}
 	return tw.Flush()
 }

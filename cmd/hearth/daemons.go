@@ -37,6 +37,7 @@ func runCoordinator(args []string, stderr io.Writer) error {
 	webhookSecretFile := fs.String("webhook-secret-file", "", "file holding the whsec_... key that signs webhooks")
 	webhookHosts := fs.String("webhook-allow-hosts", "", "comma-separated hosts webhooks may go to (*.example.com allows subdomains); empty allows any")
 	fs.BoolVar(&cfg.RaftFastTimeouts, "raft-fast-timeouts", false, "short Raft timeouts, for tests on loopback")
+	gossipFs := addGossipFlags(fs)
 	maxBody := fs.String("max-body", "16MiB", "largest request body accepted")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -54,6 +55,9 @@ func runCoordinator(args []string, stderr io.Writer) error {
 		return usagef("--peers: %v", err)
 	}
 	cfg.Join = splitList(*join)
+	if cfg.Gossip, err = gossipFs.config(); err != nil {
+		return err
+	}
 	cfg.WebhookAllowHosts = splitList(*webhookHosts)
 	if *tokensFile != "" {
 		if cfg.Tokens, err = readTokens(*tokensFile); err != nil {
