@@ -166,12 +166,14 @@ func ParsePeers(s string) ([]Peer, error) {
 
 // DefaultBandwidths are the per-tier rates (bytes/s) measured on the
 // reference H200 host (DESIGN.md): vram is free, ram is a safetensors load
-// from the page cache, disk is an NVMe read, peer a 10 GbE link, origin a
+// from the page cache, disk is an NVMe read, rack a 25 GbE top-of-rack
+// link, peer a 10 GbE link across racks, origin a
 // conservative object-store pull.
 var DefaultBandwidths = map[proto.Tier]float64{
 	proto.TierVRAM:   0, // zero means "no transfer needed"
 	proto.TierRAM:    4.9e9,
 	proto.TierDisk:   1.5e9,
+	proto.TierRack:   2.4e9,
 	proto.TierPeer:   1.1e9,
 	proto.TierOrigin: 0.25e9,
 }

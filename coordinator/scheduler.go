@@ -127,8 +127,11 @@ type slotView struct {
 	capBytes int64
 	resident map[proto.Digest]bool // held by the worker, or will be after pending jobs
 	cache    map[proto.Digest]proto.Tier
-	pending  []*proto.Job // placed on this slot, not finished
-	order    int          // stable tie-break
+	// holders lists, for every blob, the other live hosts that hold it and
+	// serve peers (shared by every slot of the pass).
+	holders map[proto.Digest][]*proto.Host
+	pending []*proto.Job // placed on this slot, not finished
+	order   int          // stable tie-break
 }
 
 // candidate is a scored slot for one job.
@@ -225,9 +228,18 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 	s := sc.s
 	byKey := make(map[[3]any]*slotView)
 	var out []*slotView
+	holders := map[proto.Digest][]*proto.Host{}
 	for _, h := range s.fsm.Hosts() {
 		beat, _, alive := s.hosts.get(h.ID, s.cfg.HeartbeatGrace)
-		if !alive || beat.Draining || h.DownAt != nil {
+		if !alive || h.DownAt != nil {
+			continue
+		}
+		if h.PeerFetch { // a draining host still serves its blobs
+			for _, b := range beat.Cache {
+				holders[b.Digest] = append(holders[b.Digest], h)
+			}
+		}
+		if beat.Draining {
 			continue
 		}
 		cache := make(map[proto.Digest]proto.Tier, len(beat.Cache))
@@ -243,7 +255,7 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 		for _, g := range h.GPUs {
 			for i := 0; i < g.Slots; i++ {
 				sv := &slotView{host: h, gpu: g.Index, slot: i, capBytes: int64(g.SlotBytes),
-					resident: make(map[proto.Digest]bool), cache: cache, order: len(out)}
+					resident: make(map[proto.Digest]bool), cache: cache, holders: holders, order: len(out)}
 				for _, d := range resident[[2]int{g.Index, i}] {
 					sv.resident[d] = true
 				}
@@ -323,6 +335,8 @@ func (sc *scheduler) score(j *proto.Job, sv *slotView, now time.Time) candidate 
 			tier = proto.TierVRAM
 		case sv.cache[m.Digest] != "":
 			tier = sv.cache[m.Digest]
+		case sv.host.PeerFetch:
+			tier = peerTier(sv.host, sv.holders[m.Digest])
 		}
 		secs := sc.transferSeconds(sv.host, tier, m.Size)
 		c.estimateS += secs
@@ -345,6 +359,23 @@ func (sc *scheduler) transferSeconds(h *proto.Host, tier proto.Tier, size int64)
 		return math.Inf(1)
 	}
 	return float64(size) / bw
+}
+
+// peerTier is the tier a model comes from when only other hosts hold it:
+// rack when one of them shares h's rack label, peer when any other does,
+// else origin.
+func peerTier(h *proto.Host, holders []*proto.Host) proto.Tier {
+	tier := proto.TierOrigin
+	for _, o := range holders {
+		if o.ID == h.ID {
+			continue
+		}
+		if rack := h.Labels["rack"]; rack != "" && o.Labels["rack"] == rack && o.Labels["zone"] == h.Labels["zone"] {
+			return proto.TierRack
+		}
+		tier = proto.TierPeer
+	}
+	return tier
 }
 
 func tierRank(t proto.Tier) int {

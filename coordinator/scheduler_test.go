@@ -335,3 +335,46 @@ func TestSchedulerQueueWaitBehindSameModel(t *testing.T) {
 		t.Fatalf("second job queue_wait_s %v estimate_s %v, want both %v", p.QueueWaitS, p.EstimateS, wantWait)
 	}
 }
+
+// A model only a draining host holds comes from a peer: the host in the
+// same rack is estimated at the rack tier's bandwidth and wins over one
+// elsewhere, and a host that does not fetch from peers counts the origin.
+func TestSchedulerCountsPeerTiers(t *testing.T) {
+	digest := testDigest(modelA)
+	_, api := newTestServer(t, nil)
+	putTestModel(t, api, modelA, modelASize)
+	oneSlot := []proto.GPU{{Index: 0, Slots: 1, SlotBytes: 1 << 30}}
+	for _, h := range []proto.Host{
+		{ID: "holder", Labels: map[string]string{"rack": "r1"}, PeerFetch: true},
+		{ID: "elsewhere", Labels: map[string]string{"rack": "r2"}, PeerFetch: true},
+		{ID: "same-rack", Labels: map[string]string{"rack": "r1"}, PeerFetch: true},
+		{ID: "no-peers", Labels: map[string]string{"rack": "r1"}},
+	} {
+		h.Addr, h.DeviceKind, h.GPUs = "127.0.0.1:7710", "simulated", oneSlot
+		if err := api.Register(context.Background(), h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heartbeat(t, api, proto.Heartbeat{HostID: "holder", Draining: true, Cache: []proto.CachedBlob{{Digest: digest, Size: modelASize, Tier: proto.TierDisk}}})
+	for _, id := range []string{"elsewhere", "same-rack", "no-peers"} {
+		heartbeat(t, api, proto.Heartbeat{HostID: id})
+	}
+	j := waitForPlacement(t, api, submitWorkflow(t, api, "a.safetensors", 0).ID)
+	if m := onlyModel(t, j); j.Placement.Host != "same-rack" || m.Tier != proto.TierRack || !near(m.Seconds, modelASize/DefaultBandwidths[proto.TierRack]) {
+		t.Fatalf("placed on %s with %+v; want same-rack from the rack tier", j.Placement.Host, m)
+	}
+	holder := &proto.Host{ID: "holder", Labels: map[string]string{"rack": "r1"}}
+	for _, tc := range []struct {
+		h    *proto.Host
+		want proto.Tier
+	}{
+		{&proto.Host{ID: "x", Labels: map[string]string{"rack": "r1"}}, proto.TierRack},
+		{&proto.Host{ID: "x", Labels: map[string]string{"rack": "r2"}}, proto.TierPeer},
+		{&proto.Host{ID: "x"}, proto.TierPeer},
+		{holder, proto.TierOrigin},
+	} {
+		if got := peerTier(tc.h, []*proto.Host{holder}); got != tc.want {
+			t.Errorf("peerTier(%s %v) = %s, want %s", tc.h.ID, tc.h.Labels, got, tc.want)
+		}
+	}
+}

@@ -130,12 +130,13 @@ const (
 	TierVRAM   Tier = "vram"   // resident in the slot's worker
 	TierRAM    Tier = "ram"    // resident in host memory
 	TierDisk   Tier = "disk"   // on the host's NVMe cache
+	TierRack   Tier = "rack"   // another host in the same rack has it
 	TierPeer   Tier = "peer"   // another host in the pool has it
 	TierOrigin Tier = "origin" // only the object store has it
 )
 
 // Tiers lists every tier, fastest first.
-var Tiers = []Tier{TierVRAM, TierRAM, TierDisk, TierPeer, TierOrigin}
+var Tiers = []Tier{TierVRAM, TierRAM, TierDisk, TierRack, TierPeer, TierOrigin}
 
 // ModelPlacement is one model's tier on the chosen slot and the seconds the
 // scheduler expected it to take to bring it into the worker.
