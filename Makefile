@@ -55,6 +55,7 @@ demo: build ## run the example workflows cold then warm on an embedded one-node 
 bench: minio ## run the benchmarks; each prints its figure beside a same-run baseline
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./coordinator/
 	HEARTH_REQUIRE_MINIO=1 $(GO) test -run '^$$' -bench . -benchtime 4x -timeout 30m ./cachefs/
+	$(GO) test -run '^$$' -bench 'PeerTransfer|FanOut' -benchtime 1x -timeout 20m ./agent/
 	$(GO) run ./cmd/hearth bench submit --clients 64 --duration 10s
 
 .PHONY: fuzz

@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // freeAddr reserves a loopback port and releases it for a server to take.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +39,7 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func startCoordinator(t *testing.T, httpAddr, dataDir string) *coordinator.Server {
+func startCoordinator(t testing.TB, httpAddr, dataDir string) *coordinator.Server {
 	cfg := coordinator.DefaultConfig()
 	cfg.DataDir, cfg.HTTPAddr, cfg.RaftAddr = dataDir, httpAddr, "127.0.0.1:0"
 	cfg.Bootstrap, cfg.RaftFastTimeouts, cfg.RaftLogLevel = true, true, "error"
@@ -56,7 +56,7 @@ func startCoordinator(t *testing.T, httpAddr, dataDir string) *coordinator.Serve
 	return s
 }
 
-func agentConfig(t *testing.T, coordURL, originDir string) agent.Config {
+func agentConfig(t testing.TB, coordURL, originDir string) agent.Config {
 	cfg := agent.DefaultConfig()
 	cfg.HostID, cfg.CoordinatorURL = "h-test", coordURL
 	cfg.DataDir, cfg.OriginDir = t.TempDir(), originDir
