@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"github.com/hearth-gpu/hearth/agent/runner/refworker"
+	"github.com/hearth-gpu/hearth/internal/comfyuistandin"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
 func TestMain(m *testing.M) {
 	refworker.ServeIfTestChild()
+	comfyuistandin.ServeIfTestChild()
 	os.Exit(m.Run())
 }
 
