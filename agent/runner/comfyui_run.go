@@ -351,7 +351,17 @@ func (c *ComfyUI) history(ctx context.Context, base, pid string) (*comfyHistory,
 // ...), into dir, as subfolder/filename. Files of type "temp" (previews)
 // and "input" are not outputs and are skipped.
 func (c *ComfyUI) fetchOutputs(ctx context.Context, base, pid, dir string) ([]string, error) {
+	// ComfyUI sends execution_success before it stores the history entry,
+	// so a fast reader may have to look again.
 	h, err := c.history(ctx, base, pid)
+	for wait := 10 * time.Millisecond; err == nil && h == nil && wait < 3*time.Second; wait *= 2 {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		h, err = c.history(ctx, base, pid)
+	}
 	if err == nil && h == nil {
 		err = errors.New("the history has no entry for the prompt that just ended")
 	}

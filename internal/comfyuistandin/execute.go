@@ -328,7 +328,6 @@ func (s *Server) execute(p *prompt) {
 	if err != nil {
 		status = map[string]any{"status_str": "error", "completed": false}
 	} else {
-		event("executing", map[string]any{"node": nil, "display_node": nil})
 		event("execution_success", map[string]any{"timestamp": now()})
 	}
 	status["messages"] = messages
@@ -347,6 +346,11 @@ func (s *Server) execute(p *prompt) {
 	s.mu.Lock()
 	s.history[p.id] = entry
 	s.mu.Unlock()
+	// As ComfyUI's prompt worker does: the history entry is stored before
+	// the final "executing" with node null goes out.
+	if err == nil {
+		event("executing", map[string]any{"node": nil, "display_node": nil})
+	}
 	s.log.Info("comfyuistandin: prompt done", "prompt_id", p.id, "status", status["status_str"], "outputs", len(outputs))
 }
 
