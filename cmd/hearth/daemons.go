@@ -77,6 +77,9 @@ func runCoordinator(args []string, stderr io.Writer) error {
 	if cfg.Logger, err = newLogger(stderr, *logLevel); err != nil {
 		return err
 	}
+	if dryRunDone(stderr) {
+		return nil
+	}
 	srv, err := coordinator.New(cfg)
 	if err != nil {
 		return err
@@ -208,6 +211,12 @@ func runAgent(args []string, stderr io.Writer) error {
 	}
 	if cfg.Logger, err = newLogger(stderr, *logLevel); err != nil {
 		return err
+	}
+	if dryRunDone(stderr) {
+		if err := agent.ValidateConfig(&cfg); err != nil {
+			return usagef("%v", err)
+		}
+		return nil
 	}
 	ctx, stop := signalContext()
 	defer stop()

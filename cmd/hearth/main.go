@@ -38,6 +38,9 @@ Client (talk to --addr, default $HEARTH_ADDR or http://127.0.0.1:7700):
   operator raft peers        list the coordinators' Raft voters
   operator raft remove-peer ID   remove a coordinator from the Raft group
   bench submit               measure job acceptance on a loopback cluster
+Configuration:
+  config validate FILE       check a config file: unknown keys, bad values, YAML syntax (file:line:column)
+  config defaults            print every config key with its default and help
 Other:
   version       print the version
 
@@ -81,6 +84,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runHost(rest, stdout, stderr)
 	case "operator":
 		err = runOperator(rest, stdout, stderr)
+	case "config":
+		err = runConfig(rest, stdout, stderr)
 	case "bench":
 		err = runBench(rest, stdout, stderr)
 	case "refworker":
@@ -118,12 +123,28 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parseFlags parses args. For the daemons (agent, coordinator) it adds
+// --config first and then fills every flag not given on the command line
+// from the config file and the HEARTH_<SECTION>_<FLAG> environment (see
+// config.go).
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	section := sectionOf(fs)
+	if section != "" && fs.Lookup(configFlagName) == nil {
+		fs.String(configFlagName, os.Getenv("HEARTH_CONFIG"), "YAML config file; its "+section+": section sets these flags (default $HEARTH_CONFIG; see 'hearth config defaults')")
+	}
+	capture, _ := fs.Output().(*flagCapture)
+	if capture != nil && !capture.dryRun {
+		capture.fs = fs
+		return errCaptured
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		return usagef("%v", err)
+	}
+	if section != "" {
+		return applyConfig(fs, section, capture != nil && capture.noEnv)
 	}
 	return nil
 }
