@@ -155,7 +155,7 @@ func (c *ComfyUI) PID() int {
 	if c.proc == nil || c.proc.exited() {
 		return 0
 	}
-	return c.proc.cmd.Process.Pid
+	return c.proc.pid()
 }
 
 // URL returns the server's base URL now ("" while a managed one is down).
@@ -320,12 +320,7 @@ func (c *ComfyUI) isClosed() bool {
 	return c.closed
 }
 
-func (c *ComfyUI) explain(err error) error {
-	if c.isClosed() && !errors.Is(err, ErrClosed) {
-		return fmt.Errorf("%w: %w", ErrClosed, err)
-	}
-	return err
-}
+func (c *ComfyUI) explain(err error) error { return explainClosed(c.isClosed(), err) }
 
 // reapLocked notices a managed server that died: its models are gone and
 // the next start waits out the backoff.
@@ -337,7 +332,7 @@ func (c *ComfyUI) reapLocked() {
 	c.proc = nil
 	clear(c.resident)
 	c.failures++
-	c.retryAt = p.exitedAt.Add(backoffDelay(c.failures))
+	c.retryAt = p.diedAt().Add(backoffDelay(c.failures))
 }
 
 // ensureServer returns the base URL of a server that answers, starting (or
@@ -468,17 +463,9 @@ func (c *ComfyUI) do(req *http.Request, out any) error {
 
 // comfyProc is one managed server process.
 type comfyProc struct {
-	log      *slog.Logger
-	cmd      *exec.Cmd
-	base     string
-	tail     *tailBuffer
-	out      *lineWriter
-	done     chan struct{}
-	mu       sync.Mutex
-	killWhy  string
-	stopping bool
-	exitErr  error
-	exitedAt time.Time
+	*child
+	base string
+	out  *lineWriter
 }
 
 // start launches the server and waits until it answers.
@@ -502,24 +489,20 @@ func (c *ComfyUI) start(ctx context.Context) (*comfyProc, error) {
 			return nil, fmt.Errorf("ComfyUI output directory: %w", err)
 		}
 	}
-	p := &comfyProc{log: c.log, base: "http://" + net.JoinHostPort(c.cfg.Host, strconv.Itoa(port)),
-		tail: &tailBuffer{max: workerStderrTail}, done: make(chan struct{})}
-	p.out = &lineWriter{max: maxLine, fn: func(line []byte) {
-		p.tail.AddLine(line)
-		p.log.Info("runner: comfyui output", "line", string(line))
-	}}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), "CUDA_VISIBLE_DEVICES="+strconv.Itoa(c.cfg.GPU))
 	cmd.Env = append(cmd.Env, c.cfg.Env...)
 	cmd.Dir = c.cfg.Dir
+	p := &comfyProc{child: newChild("ComfyUI server", c.log, cmd), base: "http://" + net.JoinHostPort(c.cfg.Host, strconv.Itoa(port))}
+	p.out = &lineWriter{max: maxLine, fn: func(line []byte) {
+		p.tail.AddLine(line)
+		p.log.Info("runner: comfyui output", "line", string(line))
+	}}
+	p.flush = func() { p.out.Flush() }
 	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.WaitDelay = workerWaitDelay
-	ownGroup(cmd)
-	p.cmd = cmd
-	if err := cmd.Start(); err != nil {
+	if err := p.start(); err != nil {
 		return nil, fmt.Errorf("start ComfyUI %q: %w", args[0], err)
 	}
-	go p.wait()
 	deadline := time.NewTimer(c.cfg.StartTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(comfyStartPoll)
@@ -549,58 +532,10 @@ func (c *ComfyUI) start(ctx context.Context) (*comfyProc, error) {
 	}
 }
 
-func (p *comfyProc) wait() {
-	err := p.cmd.Wait()
-	p.out.Flush()
-	p.mu.Lock()
-	p.exitErr, p.exitedAt = err, time.Now()
-	stopping, why := p.stopping, p.killWhy
-	p.mu.Unlock()
-	if !stopping {
-		p.log.Warn("runner: ComfyUI server exited", "pid", p.cmd.Process.Pid, "err", err, "killed_because", why, "output_tail", p.tail.String())
-	}
-	close(p.done)
-}
-
-func (p *comfyProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *comfyProc) exitError() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	how := fmt.Sprint(p.exitErr)
-	if p.exitErr == nil {
-		how = "exit status 0"
-	}
-	if p.killWhy != "" {
-		how += " (the agent killed it: " + p.killWhy + ")"
-	}
-	return fmt.Errorf("%w: ComfyUI server pid %d, %s%s", ErrWorkerExited, p.cmd.Process.Pid, how, quoteTail(p.tail.String()))
-}
-
-func (p *comfyProc) kill(why string) {
-	p.mu.Lock()
-	if p.killWhy == "" {
-		p.killWhy = why
-	}
-	p.mu.Unlock()
-	if err := killGroup(p.cmd.Process); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		p.log.Warn("runner: kill ComfyUI server", "err", err)
-	}
-}
-
 // stop kills the server's process group and waits for it: ComfyUI keeps
 // nothing that a clean exit would save.
 func (p *comfyProc) stop() {
-	p.mu.Lock()
-	p.stopping = true
-	p.mu.Unlock()
+	p.markStopping()
 	p.kill("runner closed")
 	<-p.done
 }

@@ -67,7 +67,27 @@ type comfyHistory struct {
 	Status  struct {
 		StatusStr string `json:"status_str"`
 		Completed bool   `json:"completed"`
+		// Messages are the prompt's execution messages as
+		// [type, data] pairs.
+		Messages [][]json.RawMessage `json:"messages"`
 	} `json:"status"`
+}
+
+// failure is the error a prompt that ended in an error reports: its
+// execution_error message, as the WebSocket would have carried it.
+func (h *comfyHistory) failure() error {
+	for _, m := range h.Status.Messages {
+		var typ string
+		var d comfyData
+		if len(m) == 2 && json.Unmarshal(m[0], &typ) == nil && typ == "execution_error" && json.Unmarshal(m[1], &d) == nil {
+			return execError(d)
+		}
+	}
+	return fmt.Errorf("%w: ComfyUI reports the prompt ended in an error", ErrJobFailed)
+}
+
+func execError(d comfyData) error {
+	return fmt.Errorf("%w: node %s (%s) raised %s: %s", ErrJobFailed, d.NodeID, d.NodeType, d.ExceptionType, d.ExceptionMessage)
 }
 
 // Run submits the job's workflow to the server, follows it to its end and
@@ -137,6 +157,9 @@ func (c *ComfyUI) procDone(base string) <-chan struct{} {
 	return nil
 }
 
+// comfyGreetTimeout bounds the wait for ComfyUI's first WebSocket message.
+const comfyGreetTimeout = 5 * time.Second
+
 func (c *ComfyUI) runPrompt(ctx context.Context, base string, req Request, progress func(proto.Progress)) ([]string, error) {
 	// Connect first: ComfyUI sends a prompt's messages only to a client
 	// connected when they happen.
@@ -174,6 +197,24 @@ func (c *ComfyUI) runPrompt(ctx context.Context, base string, req Request, progr
 			}
 		}
 	}()
+
+	// ComfyUI greets a new socket with a "status" message once it is
+	// registered; a prompt queued before that could run with its first
+	// messages sent nowhere. Whatever arrives first shows the socket is
+	// registered, and cannot concern a prompt not queued yet.
+	greet := time.NewTimer(comfyGreetTimeout)
+	select {
+	case <-msgs:
+	case err := <-readErr:
+		greet.Stop()
+		return nil, c.gone(base, fmt.Errorf("the WebSocket closed before ComfyUI greeted it: %w", err))
+	case <-greet.C:
+		c.log.Warn("runner: ComfyUI sent no status on its WebSocket; queueing anyway", "job", req.JobID)
+	case <-ctx.Done():
+		greet.Stop()
+		return nil, fmt.Errorf("cancelled: %w", ctx.Err())
+	}
+	greet.Stop()
 
 	var accepted struct {
 		PromptID string `json:"prompt_id"`
@@ -228,7 +269,7 @@ func (c *ComfyUI) runPrompt(ctx context.Context, base string, req Request, progr
 					progress(proto.Progress{Value: d.Value, Max: d.Max, Node: node})
 				}
 			case "execution_error":
-				failure = fmt.Errorf("%w: node %s (%s) raised %s: %s", ErrJobFailed, d.NodeID, d.NodeType, d.ExceptionType, d.ExceptionMessage)
+				failure = execError(d)
 				return nil, finish()
 			case "execution_interrupted":
 				if cancelled != nil {
@@ -275,7 +316,7 @@ func (c *ComfyUI) runPrompt(ctx context.Context, base string, req Request, progr
 			}
 			started = true
 			if h.Status.StatusStr == "error" {
-				failure = cmpErr(cancelled, fmt.Errorf("%w: ComfyUI reports the prompt ended in an error", ErrJobFailed))
+				failure = cmpErr(cancelled, h.failure())
 			}
 			if err := finish(); err != nil {
 				return nil, err

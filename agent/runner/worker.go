@@ -312,10 +312,7 @@ func (w *Worker) reapLocked() {
 	w.proc = nil
 	clear(w.resident)
 	w.failures++
-	p.mu.Lock()
-	died := p.exitedAt
-	p.mu.Unlock()
-	w.retryAt = died.Add(backoffDelay(w.failures))
+	w.retryAt = p.diedAt().Add(backoffDelay(w.failures))
 }
 
 // backoffDelay is the wait before restart number n after consecutive
@@ -337,10 +334,12 @@ func (w *Worker) isClosed() bool {
 	return w.closed
 }
 
-// explain marks an error caused by Close as ErrClosed, so the agent does not
-// take a shutdown for a broken worker.
-func (w *Worker) explain(err error) error {
-	if w.isClosed() && !errors.Is(err, ErrClosed) {
+func (w *Worker) explain(err error) error { return explainClosed(w.isClosed(), err) }
+
+// explainClosed marks an error caused by a runner's Close as ErrClosed, so
+// the agent does not take a shutdown for a broken worker.
+func explainClosed(closed bool, err error) error {
+	if closed && !errors.Is(err, ErrClosed) {
 		return fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	return err

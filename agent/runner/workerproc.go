@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,8 +16,6 @@ import (
 )
 
 const (
-	// workerStderrTail is how much of a dead worker's stderr its error quotes.
-	workerStderrTail = 4 << 10
 	// workerWaitDelay bounds the wait for a dead worker's pipes to close.
 	workerWaitDelay = 2 * time.Second
 	// progressBuffer is how many progress events may queue for a slow
@@ -31,24 +28,17 @@ const (
 // demultiplexes answers by id to the calls waiting for them. Errors it
 // returns carry no package prefix; Worker adds it with the call's context.
 type workerProc struct {
-	log   *slog.Logger
-	cmd   *exec.Cmd // cmd.Process is set before os/exec starts its copiers
+	*child
 	stdin io.WriteCloser
-	tail  *tailBuffer
 
 	stdout, stderr *lineWriter
 	hello          chan workerMsg
-	done           chan struct{} // closed once the process is reaped
 
 	writeMu sync.Mutex
 
-	mu         sync.Mutex
-	nextID     int64
-	pending    map[int64]*pendingCall
-	killReason string
-	closing    bool
-	exitErr    error
-	exitedAt   time.Time
+	mu      sync.Mutex
+	nextID  int64
+	pending map[int64]*pendingCall
 }
 
 type pendingCall struct {
@@ -58,19 +48,15 @@ type pendingCall struct {
 
 // startProc starts the worker and waits for its hello.
 func startProc(ctx context.Context, cfg WorkerConfig, log *slog.Logger) (*workerProc, error) {
-	p := &workerProc{
-		log:     log,
-		tail:    &tailBuffer{max: workerStderrTail},
-		hello:   make(chan workerMsg, 1),
-		done:    make(chan struct{}),
-		pending: make(map[int64]*pendingCall),
-	}
 	cmd := exec.Command(cfg.Command[0], cfg.Command[1:]...)
-	p.cmd = cmd
 	cmd.Env = append(os.Environ(), cfg.Env...)
 	cmd.Dir = cfg.Dir
-	ownGroup(cmd)
-	cmd.WaitDelay = workerWaitDelay
+	p := &workerProc{
+		child:   newChild("worker", log, cmd),
+		hello:   make(chan workerMsg, 1),
+		pending: make(map[int64]*pendingCall),
+	}
+	p.flush = func() { p.stderr.Flush() }
 	p.stdout = &lineWriter{max: maxLine, fn: p.handleLine, overlong: func() {
 		p.kill("it wrote a protocol line longer than 16 MiB")
 	}}
@@ -81,10 +67,9 @@ func startProc(ctx context.Context, cfg WorkerConfig, log *slog.Logger) (*worker
 		return nil, fmt.Errorf("stdin pipe: %w", err)
 	}
 	p.stdin = stdin
-	if err := cmd.Start(); err != nil {
+	if err := p.start(); err != nil {
 		return nil, fmt.Errorf("start worker %q: %w", cfg.Command[0], err)
 	}
-	go p.wait()
 
 	timer := time.NewTimer(cfg.StartTimeout)
 	defer timer.Stop()
@@ -107,47 +92,6 @@ func startProc(ctx context.Context, cfg WorkerConfig, log *slog.Logger) (*worker
 		<-p.done
 		return nil, fmt.Errorf("start worker %q: %w", cfg.Command[0], ctx.Err())
 	}
-}
-
-// wait reaps the process; its end fails every call still waiting.
-func (p *workerProc) wait() {
-	err := p.cmd.Wait()
-	p.stderr.Flush()
-	p.mu.Lock()
-	p.exitErr, p.exitedAt = err, time.Now()
-	closing, reason := p.closing, p.killReason
-	p.mu.Unlock()
-	// Log before done: once done is closed, the owner may consider the
-	// process (and its logger) finished.
-	if !closing {
-		p.log.Warn("runner: worker exited", "pid", p.pid(), "err", err, "killed_because", reason, "stderr_tail", p.tail.String())
-	}
-	close(p.done)
-}
-
-func (p *workerProc) pid() int { return p.cmd.Process.Pid }
-
-func (p *workerProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// exitError describes the process's end; call it only after done.
-func (p *workerProc) exitError() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	how := fmt.Sprint(p.exitErr)
-	if p.exitErr == nil {
-		how = "exit status 0"
-	}
-	if p.killReason != "" {
-		how += " (the agent killed it: " + p.killReason + ")"
-	}
-	return fmt.Errorf("%w: pid %d, %s%s", ErrWorkerExited, p.pid(), how, quoteTail(p.tail.String()))
 }
 
 func (p *workerProc) handleStderr(line []byte) {
@@ -304,24 +248,10 @@ func (p *workerProc) send(req any) error {
 	}
 }
 
-// kill ends the whole process group; reason goes into later errors.
-func (p *workerProc) kill(reason string) {
-	p.mu.Lock()
-	if p.killReason == "" {
-		p.killReason = reason
-	}
-	p.mu.Unlock()
-	if err := killGroup(p.cmd.Process); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		p.log.Warn("runner: kill worker", "err", err)
-	}
-}
-
 // shutdown closes stdin, which asks the worker to exit, and kills it if it
 // has not within grace. It returns once the process is reaped.
 func (p *workerProc) shutdown(grace time.Duration) {
-	p.mu.Lock()
-	p.closing = true
-	p.mu.Unlock()
+	p.markStopping()
 	_ = p.stdin.Close()
 	t := time.NewTimer(grace)
 	defer t.Stop()

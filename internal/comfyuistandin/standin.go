@@ -356,6 +356,8 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	// A reconnect with the same clientId takes over its messages; the
+	// older socket is closed.
 	s.mu.Lock()
 	if old := s.sockets[sid]; old != nil {
 		_ = old.CloseNow()
@@ -366,6 +368,8 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		remaining++
 	}
 	s.mu.Unlock()
+	// The greeting tells the client its socket is registered, as
+	// ComfyUI's does; a client should queue prompts only after it.
 	s.send(sid, "status", statusData(remaining, sid))
 	// Read until the client goes; clients send nothing ComfyUI acts on here.
 	for {
