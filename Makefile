@@ -36,11 +36,24 @@ minio: ## install the pinned MinIO server the tests use (skipped when present)
 		echo '$(MINIO_VERSION)' > '$(MINIO).version'; \
 	fi
 
+# The operations tests (internal/opstest) check the systemd units and run the
+# Ansible playbook; they use the distribution's packages of these tools.
+OPS_TOOLS := ansible-playbook ansible-lint systemd-analyze
+
+.PHONY: ops-tools
+ops-tools: ## install Ansible, ansible-lint and systemd-analyze with apt (skipped when present)
+	@missing=; for t in $(OPS_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "ops tools present: $(OPS_TOOLS)"; exit 0; fi; \
+	echo "installing ansible ansible-lint systemd (missing:$$missing)"; \
+	sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y ansible ansible-lint systemd
+
 .PHONY: test
-test: minio ## run every test (race detector on; fuzz seed corpora included; a real MinIO)
+test: minio ops-tools ## run every test (race detector on; fuzz seed corpora included; a real MinIO; the ops tools)
 	$(GO) mod download
 	$(GO) vet ./...
-	HEARTH_REQUIRE_MINIO=1 $(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
+	HEARTH_REQUIRE_MINIO=1 HEARTH_REQUIRE_OPS=1 $(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 10m $(PLAIN_PKGS)
 
 .PHONY: test-short
