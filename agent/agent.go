@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,6 +49,10 @@ type Agent struct {
 
 	slots []*slot // every slot of every GPU, in (gpu, slot) order
 
+	healthMu      sync.Mutex
+	health        gpuHealth
+	degradedGauge prometheus.Gauge
+
 	mu   sync.Mutex
 	jobs map[string]*jobRun // live assignments by job id
 
@@ -80,13 +85,18 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.peerBytesServed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "hearth_peer_bytes_served_total", Help: "Blob bytes this host sent to other hosts of the pool.",
 	})
-	a.reg.MustRegister(a.peerBytesServed)
+	a.degradedGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hearth_host_degraded", Help: "1 while the host takes no new placements because of a GPU fault or temperature.",
+	})
+	a.reg.MustRegister(a.peerBytesServed, a.degradedGauge)
 	if err := a.openCache(ctx); err != nil {
 		return nil, err
 	}
 	a.bandwidth = a.tierBandwidths()
 	a.exec = runner.NewExec(runner.ExecConfig{Logger: a.log})
-	a.devs = gpu.Detect(a.log, cfg.SimGPUs)
+	if a.devs = cfg.Devices; a.devs == nil {
+		a.devs = gpu.Detect(a.log, cfg.SimGPUs)
+	}
 	if err := a.buildSlots(); err != nil {
 		a.closeCache()
 		a.devs.Close()
@@ -147,8 +157,13 @@ func (a *Agent) buildSlots() error {
 		a.gpus = append(a.gpus, g)
 		a.pools = append(a.pools, pool)
 		for i := 0; i < g.Slots; i++ {
-			a.slots = append(a.slots, newSlot(a, d.Index, i, int64(a.cfg.SlotBytes)))
+			sl := newSlot(a, d.Index, i, int64(a.cfg.SlotBytes))
+			sl.ordinal = len(a.slots)
+			a.slots = append(a.slots, sl)
 		}
+	}
+	if n := len(a.cfg.ComfyUI.URLs); a.cfg.Runner == RunnerComfyUI && n > 0 && n != len(a.slots) {
+		return fmt.Errorf("agent: %d ComfyUI URLs for %d slots: attach one server per slot (in GPU, slot order), or change the slot size or the slot cap to make %d slots", n, len(a.slots), n)
 	}
 	a.log.Info("GPU inventory", "kind", a.devs.Kind(), "gpus", len(a.gpus), "slots", len(a.slots), "slot_bytes", a.cfg.SlotBytes)
 	return nil
@@ -159,8 +174,20 @@ func (a *Agent) hostRecord() proto.Host {
 		ID: a.cfg.HostID, Addr: a.cfg.Addr, DeviceKind: a.devs.Kind(), GPUs: a.gpus,
 		Labels: a.cfg.Labels, Bandwidth: a.bandwidth, Version: Version,
 		PeerFetch: a.peers != nil && a.cfg.PeerToken != "",
+		Kinds:     a.kinds(),
 	}
 }
+
+// kinds lists the job kinds this host's runners take: every kind with
+// workers, and no worker payloads on slots that run ComfyUI servers.
+func (a *Agent) kinds() []string {
+	if a.cfg.Runner == RunnerComfyUI {
+		return []string{"workflow", "exec"}
+	}
+	return []string{"workflow", "worker", "exec"}
+}
+
+func (a *Agent) takes(kind string) bool { return slices.Contains(a.kinds(), kind) }
 
 // register retries until the coordinator records this host or ctx ends.
 func (a *Agent) register(ctx context.Context) error {
@@ -192,6 +219,7 @@ func (a *Agent) Heartbeat() proto.Heartbeat {
 		b.Slots = append(b.Slots, sl.state())
 	}
 	b.Cache = a.cacheInventory()
+	b.Degraded = a.Degraded()
 	return b
 }
 
@@ -199,6 +227,7 @@ func (a *Agent) heartbeatLoop() {
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
+		a.updateHealth()
 		a.sendHeartbeat()
 		a.publishInventory()
 		select {

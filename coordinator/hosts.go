@@ -56,6 +56,9 @@ func (s *Server) hostView(h *proto.Host) proto.HostView {
 		// registers again, whatever its last beat says.
 	case alive && beat.Draining:
 		v.Status = proto.HostDraining
+	case alive && beat.Degraded != "":
+		v.Status = proto.HostDegraded
+		v.DegradedReason = beat.Degraded
 	case alive:
 		v.Status = proto.HostReady
 	}

@@ -42,7 +42,7 @@ type scheduler struct {
 func (sc *scheduler) anyHostUp() bool {
 	for _, h := range sc.s.fsm.Hosts() {
 		beat, _, alive := sc.s.hosts.get(h.ID, sc.s.cfg.HeartbeatGrace)
-		if alive && !beat.Draining && h.DownAt == nil {
+		if alive && !beat.Draining && beat.Degraded == "" && h.DownAt == nil {
 			return true
 		}
 	}
@@ -223,7 +223,7 @@ func (sc *scheduler) pass(ctx context.Context) {
 }
 
 // slotViews builds the pass's slot list from registrations, heartbeats and
-// the active jobs. Hosts that are down or draining offer no slots.
+// the active jobs. Hosts that are down, draining or degraded offer no slots.
 func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 	s := sc.s
 	byKey := make(map[[3]any]*slotView)
@@ -239,7 +239,7 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 				holders[b.Digest] = append(holders[b.Digest], h)
 			}
 		}
-		if beat.Draining {
+		if beat.Draining || beat.Degraded != "" {
 			continue
 		}
 		cache := make(map[proto.Digest]proto.Tier, len(beat.Cache))
@@ -285,15 +285,23 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 	return out
 }
 
-func (sc *scheduler) choose(j *proto.Job, slots []*slotView, now time.Time) (candidate, bool) {
+// vramNeed is the slot size a job needs: its declared VRAM, and at least
+// room for its models.
+func vramNeed(j *proto.Job) int64 {
 	var need int64
 	for _, m := range j.Models {
 		need += m.Size
 	}
+	return max(need, j.Spec.VRAMBytes)
+}
+
+func (sc *scheduler) choose(j *proto.Job, slots []*slotView, now time.Time) (candidate, bool) {
+	need := vramNeed(j)
+	kind := j.Spec.Kind()
 	var best candidate
 	found := false
 	for _, sv := range slots {
-		if sv.capBytes > 0 && need > sv.capBytes {
+		if sv.capBytes > 0 && need > sv.capBytes || !sv.host.Takes(kind) {
 			continue
 		}
 		c := sc.score(j, sv, now)
