@@ -354,6 +354,30 @@ class WorkerTest(unittest.TestCase):
         self.assertIn(b"--backend fake", p.stderr)
 
 
+class BenchDriverTest(unittest.TestCase):
+    """gpu_bench.py drives the worker as the agent does; check that driver
+    here with the fake backend, since the benchmark itself needs a GPU."""
+
+    def test_cold_then_warm_job(self):
+        import gpu_bench
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m")
+            digest, size = write_model(path)
+            model = {"name": "checkpoints/m.safetensors", "digest": digest, "path": path, "size": size}
+            agent = gpu_bench.Agent(["--backend", "fake"], dict(os.environ), stderr=subprocess.DEVNULL)
+            try:
+                cold = gpu_bench.worker_job(agent, model, d, 1, cold=True)
+                warm = gpu_bench.worker_job(agent, model, d, 2, cold=False)
+            finally:
+                agent.close()
+            self.assertIsInstance(cold["load_s"], float)
+            self.assertIsNone(warm["load_s"])
+            self.assertTrue(cold["device"].startswith("fake"))
+        self.assertEqual(gpu_bench.parse_size("6GiB"), 6 << 30)
+        self.assertEqual(gpu_bench.parse_size("1.5GB"), 1_500_000_000)
+
+
 class SafetensorsTest(unittest.TestCase):
     """The header parser alone, on files written by hand."""
 
