@@ -155,7 +155,8 @@ class Agent:
         self.p = subprocess.Popen([sys.executable, WORKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=stderr, env=env)
         self.q: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self.next_id = 0
         hello = self._recv(120)
         if hello.get("event") != "hello" or hello.get("protocol") != 1:
@@ -188,6 +189,8 @@ class Agent:
     def close(self) -> None:
         self.p.stdin.close()
         self.p.wait(timeout=60)
+        self.reader.join(timeout=60)
+        self.p.stdout.close()
 
 
 def worker_job(agent: Agent, model: dict, out_root: str, n: int, cold: bool) -> dict:

@@ -484,7 +484,10 @@ def make_backend(args: argparse.Namespace) -> Backend:
     except ImportError as e:
         raise WorkerError(f"{PREFIX}--backend {args.backend}: torch does not import ({e}); "
                           "install torch and safetensors, or run with --backend fake on a host without a GPU") from None
-    return TorchBackend(args.device, args.loader)
+    try:
+        return TorchBackend(args.device, args.loader)
+    except ImportError as e:
+        raise WorkerError(f"{PREFIX}--backend {args.backend}: {e}; the torch backend needs torch and safetensors") from None
 
 
 # --------------------------------------------------------------------- worker
@@ -624,9 +627,14 @@ class Worker:
                     t0 = time.monotonic()
                     handle, nbytes = self.backend.load(m, st, self.verify, cancel)
                 except Cancelled:
+                    self.backend.after_free()
                     return fail(ERR_CANCELLED)
                 except WorkerError as e:
+                    self.backend.after_free()
                     return fail(ERR_CANCELLED if cancel.is_set() else str(e))
+                except Exception as e:  # noqa: BLE001  CUDA out of memory and the like: still say what did load
+                    self.backend.after_free()
+                    return fail(f"{PREFIX}model {m.label}: load: {type(e).__name__}: {e}")
                 took = time.monotonic() - t0
                 with self.lock:
                     self.models[m.digest] = Resident(m, handle, nbytes, len(st.tensors), took)
