@@ -51,6 +51,7 @@ type Agent struct {
 
 	healthMu      sync.Mutex
 	health        gpuHealth
+	gpuStates     []proto.GPUState
 	degradedGauge prometheus.Gauge
 
 	mu   sync.Mutex
@@ -142,6 +143,12 @@ func (a *Agent) buildSlots() error {
 		return errors.New("agent: no GPUs found; configure a simulated inventory to run without one")
 	}
 	for _, d := range devs {
+		if d.MIGEnabled {
+			// Its memory belongs to MIG instances, which the pool cannot
+			// see into: carving it would over-commit.
+			a.log.Warn("GPU in MIG mode: not carving it into slots", "gpu", d.Index, "uuid", d.UUID)
+			continue
+		}
 		g := d.ToProto(a.cfg.ReserveBytes, a.cfg.SlotBytes)
 		if a.cfg.MaxSlotsPerGPU > 0 && g.Slots > a.cfg.MaxSlotsPerGPU {
 			g.Slots = a.cfg.MaxSlotsPerGPU
@@ -161,6 +168,9 @@ func (a *Agent) buildSlots() error {
 			sl.ordinal = len(a.slots)
 			a.slots = append(a.slots, sl)
 		}
+	}
+	if len(a.gpus) == 0 {
+		return errors.New("agent: every GPU is in MIG mode; hearth carves whole GPUs only (disable MIG with nvidia-smi -mig 0)")
 	}
 	if n := len(a.cfg.ComfyUI.URLs); a.cfg.Runner == RunnerComfyUI && n > 0 && n != len(a.slots) {
 		return fmt.Errorf("agent: %d ComfyUI URLs for %d slots: attach one server per slot (in GPU, slot order), or change the slot size or the slot cap to make %d slots", n, len(a.slots), n)
@@ -220,6 +230,7 @@ func (a *Agent) Heartbeat() proto.Heartbeat {
 	}
 	b.Cache = a.cacheInventory()
 	b.Degraded = a.Degraded()
+	b.GPUs = a.GPUStates()
 	return b
 }
 

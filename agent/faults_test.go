@@ -106,6 +106,7 @@ type fakeGPUs struct {
 	tempC int
 	err   error
 	gone  bool
+	procs []gpu.Process
 }
 
 func (f *fakeGPUs) Kind() string { return gpu.KindNVML }
@@ -119,7 +120,7 @@ func (f *fakeGPUs) Devices() ([]gpu.Device, error) {
 	if f.gone {
 		return nil, nil
 	}
-	return []gpu.Device{{Index: 0, UUID: "GPU-fake-0", Name: "Fake H200", MemoryTotal: 141 << 30, MemoryFree: 141 << 30, TemperatureC: f.tempC}}, nil
+	return []gpu.Device{{Index: 0, UUID: "GPU-fake-0", Name: "Fake H200", MemoryTotal: 141 << 30, MemoryFree: 141 << 30, TemperatureC: f.tempC, Processes: f.procs}}, nil
 }
 
 func (f *fakeGPUs) Close() error { return nil }
@@ -201,4 +202,68 @@ func TestDegradedHostTakesNoPlacements(t *testing.T) {
 			t.Fatalf("%s: job after the fault cleared: %v %v", fault.name, got, err)
 		}
 	}
+}
+
+// Memory that GPU processes outside the agent hold takes whole slots out of
+// service, highest first, once it exceeds the reserve and the bytes no slot
+// covers; the agent's own processes do not count. The slots come back when
+// the memory is released.
+func TestForeignGPUMemoryBlocksSlots(t *testing.T) {
+	devs := &fakeGPUs{tempC: 40}
+	ctx, api := startWithAgent(t, func(c *agent.Config) {
+		c.Devices, c.MaxSlotsPerGPU = devs, 0 // 141 GiB - 2 GiB reserve: 5 slots of 24 GiB, 21 GiB uncovered
+	})
+	blockedSlots := func() ([]int, proto.GPUState, bool) {
+		hs, err := api.Hosts(ctx)
+		if err != nil || len(hs) != 1 {
+			t.Fatalf("hosts: %+v %v", hs, err)
+		}
+		if len(hs[0].GPUStates) != 1 {
+			return nil, proto.GPUState{}, false // no heartbeat yet
+		}
+		var out []int
+		for _, s := range hs[0].Slots {
+			if s.Blocked != "" {
+				out = append(out, s.Slot)
+			}
+		}
+		return out, hs[0].GPUStates[0], true
+	}
+	waitBlocked := func(want []int, foreign uint64) proto.GPUState {
+		t.Helper()
+		for {
+			got, st, ok := blockedSlots()
+			if ok && slices.Equal(got, want) && st.ForeignBytes == foreign {
+				return st
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("blocked slots %v, foreign %d; want %v, %d", got, st.ForeignBytes, want, foreign)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitBlocked(nil, 0)
+	self := os.Getpid()
+	const gib = 1 << 30
+	// 30 GiB foreign (a pid that is no descendant of the agent) and 50 GiB
+	// of the agent's own: 9 GiB past what is uncovered, so one slot.
+	devs.set(func(f *fakeGPUs) {
+		f.procs = []gpu.Process{{PID: 1 << 30, UsedBytes: 30 * gib}, {PID: self, UsedBytes: 50 * gib}}
+	})
+	st := waitBlocked([]int{4}, 30*gib)
+	if st.FreeSlots != 4 || st.LargestFreeRun != 4 {
+		t.Errorf("pool after one blocked slot: %+v", st)
+	}
+	devs.set(func(f *fakeGPUs) { f.procs = []gpu.Process{{PID: 1 << 30, UsedBytes: 70 * gib}} })
+	waitBlocked([]int{2, 3, 4}, 70*gib)
+	// Jobs still run, on the slots left.
+	j, _, err := api.Submit(ctx, &proto.JobSpec{Exec: &proto.ExecPayload{Command: []string{"true"}}}, client.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j, err = api.WaitJob(ctx, j.ID, 50*time.Millisecond); err != nil || j.State != proto.JobSucceeded || j.Placement.Slot > 1 {
+		t.Fatalf("job with three slots blocked: %+v %v", j, err)
+	}
+	devs.set(func(f *fakeGPUs) { f.procs = nil })
+	waitBlocked(nil, 0)
 }

@@ -3,6 +3,8 @@ package agent
 import (
 	"fmt"
 	"strings"
+
+	"github.com/hearth-gpu/hearth/agent/gpu"
 )
 
 // gpuHealth decides, from one reading of the GPUs, whether the host should
@@ -16,10 +18,9 @@ type gpuHealth struct {
 	reason string
 }
 
-// check takes a reading and returns the reason the host is degraded now,
-// or "" when it is healthy.
-func (a *Agent) checkGPUs() string {
-	devs, err := a.devs.Devices()
+// checkGPUs judges one reading and returns the reason the host is
+// degraded now, or "" when it is healthy. Callers hold healthMu.
+func (a *Agent) checkGPUs(devs []gpu.Device, err error) string {
 	h := &a.health
 	h.reason = ""
 	if err != nil {
@@ -38,6 +39,16 @@ func (a *Agent) checkGPUs() string {
 	}
 	if len(missing) > 0 {
 		h.reason = strings.Join(missing, ", ") + " no longer reported: fallen off the bus or reset"
+		return h.reason
+	}
+	var faults []string
+	for _, d := range devs {
+		if d.Fault != "" {
+			faults = append(faults, fmt.Sprintf("GPU %d: %s", d.Index, d.Fault))
+		}
+	}
+	if len(faults) > 0 {
+		h.reason = strings.Join(faults, "; ")
 		return h.reason
 	}
 	limit := a.cfg.GPUTempMaxC
@@ -66,15 +77,20 @@ func (a *Agent) checkGPUs() string {
 	return h.reason
 }
 
-// updateHealth checks the GPUs and logs when the verdict changes; it
-// reports whether it changed. Only the heartbeat loop calls it.
-func (a *Agent) updateHealth() bool {
+// updateHealth reads the GPUs once, judges their health, takes slots out
+// of service for memory that other processes hold, and logs when the
+// verdict changes. Only the heartbeat loop calls it.
+func (a *Agent) updateHealth() {
+	devs, err := a.devs.Devices()
+	if err == nil {
+		a.accountVRAM(devs)
+	}
 	a.healthMu.Lock()
 	before := a.health.reason
-	now := a.checkGPUs()
+	now := a.checkGPUs(devs, err)
 	a.healthMu.Unlock()
 	if now == before {
-		return false
+		return
 	}
 	if now != "" {
 		a.log.Warn("host degraded: taking no new placements", "reason", now)
@@ -83,7 +99,6 @@ func (a *Agent) updateHealth() bool {
 		a.log.Info("host healthy again: taking placements", "was", before)
 		a.degradedGauge.Set(0)
 	}
-	return true
 }
 
 // Degraded returns why the host takes no new placements now, or "".

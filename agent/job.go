@@ -45,7 +45,7 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 		}
 		// A worker or server that died under the job is not the job's
 		// fault: the coordinator requeues it while it has attempts left.
-		retry := errors.Is(err, runner.ErrWorkerExited)
+		retry := errors.Is(err, runner.ErrWorkerExited) || errors.Is(err, errSlotBlocked)
 		log.Warn("job failed", "stage", stage, "err", err, "retryable", retry)
 		a.report(as, proto.JobReport{State: proto.JobFailed, Error: fmt.Sprintf("%s: %v", stage, err), Retryable: retry})
 	}

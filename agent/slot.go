@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/hearth-gpu/hearth/agent/gpu"
 	"github.com/hearth-gpu/hearth/agent/runner"
 	"github.com/hearth-gpu/hearth/proto"
 )
@@ -26,6 +28,9 @@ type slot struct {
 	queue   []*jobRun
 	running *jobRun
 	worker  runner.Runner // the slot's worker or ComfyUI server; nil until first used
+	// blocked, when set, says why the slot is out of service: foreign GPU
+	// memory covers it (see accountVRAM).
+	blocked string
 	wake    chan struct{}
 	// residentPins hold in the disk cache the blobs the worker has loaded,
 	// so a model in VRAM is never evicted from under it: a worker restart
@@ -94,6 +99,9 @@ func (s *slot) runnerFor(kind string) (runner.Runner, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.blocked != "" {
+		return nil, fmt.Errorf("%w: %s", errSlotBlocked, s.blocked)
+	}
 	if s.worker != nil {
 		return s.worker, nil
 	}
@@ -168,6 +176,7 @@ func (s *slot) state() proto.SlotState {
 	if s.running != nil {
 		st.Running = s.running.assignment.JobID
 	}
+	st.Blocked = s.blocked
 	for _, j := range s.queue {
 		st.Queued = append(st.Queued, j.assignment.JobID)
 	}
@@ -224,4 +233,66 @@ func compareUint(a, b uint64) int {
 		return 1
 	}
 	return 0
+}
+
+// errSlotBlocked fails a job placed on a slot just as it went out of
+// service; the job is requeued (it is not the job's fault).
+var errSlotBlocked = errors.New("slot out of service")
+
+func (s *slot) isBlocked() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blocked != ""
+}
+
+// block takes the slot out of service if it has no work: always when it
+// has no worker, and, with stopIdle, also by stopping an idle worker. It
+// reports whether the slot is now blocked by this call.
+func (s *slot) block(pool *gpu.SlotPool, why string, stopIdle bool) bool {
+	s.mu.Lock()
+	if s.blocked != "" || s.running != nil || len(s.queue) > 0 || (s.worker != nil && !stopIdle) {
+		s.mu.Unlock()
+		return false
+	}
+	w := s.worker
+	s.worker = nil
+	s.syncPinsLocked()
+	if w != nil {
+		_ = pool.Release(s.index)
+	}
+	if err := pool.AcquireAt(s.index, 1, foreignOwner); err != nil {
+		s.mu.Unlock()
+		if w != nil {
+			_ = w.Close()
+		}
+		return false
+	}
+	s.blocked = why
+	s.mu.Unlock()
+	if w != nil {
+		_ = w.Close() // outside the lock: a worker may take a while to stop
+	}
+	return true
+}
+
+// unblock puts a blocked slot back in service.
+func (s *slot) unblock(pool *gpu.SlotPool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.blocked == "" {
+		return false
+	}
+	s.blocked = ""
+	_ = pool.Release(s.index)
+	return true
+}
+
+// setBlockedReason refreshes a blocked slot's reason with the latest
+// figure.
+func (s *slot) setBlockedReason(why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.blocked != "" {
+		s.blocked = why
+	}
 }

@@ -48,7 +48,7 @@ func (s *Server) hostView(h *proto.Host) proto.HostView {
 	beat, at, alive := s.hosts.get(h.ID, s.cfg.HeartbeatGrace)
 	if !at.IsZero() {
 		v.LastHeartbeat = &at
-		v.Slots, v.Cache = beat.Slots, beat.Cache
+		v.Slots, v.Cache, v.GPUStates = beat.Slots, beat.Cache, beat.GPUs
 	}
 	switch {
 	case h.DownAt != nil:

@@ -249,11 +249,18 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 			}
 		}
 		resident := make(map[[2]int][]proto.Digest)
+		blocked := make(map[[2]int]bool)
 		for _, st := range beat.Slots {
 			resident[[2]int{st.GPU, st.Slot}] = st.Resident
+			if st.Blocked != "" {
+				blocked[[2]int{st.GPU, st.Slot}] = true
+			}
 		}
 		for _, g := range h.GPUs {
 			for i := 0; i < g.Slots; i++ {
+				if blocked[[2]int{g.Index, i}] {
+					continue // its memory is held by a process the agent does not manage
+				}
 				sv := &slotView{host: h, gpu: g.Index, slot: i, capBytes: int64(g.SlotBytes),
 					resident: make(map[proto.Digest]bool), cache: cache, holders: holders, order: len(out)}
 				for _, d := range resident[[2]int{g.Index, i}] {

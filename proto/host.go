@@ -90,6 +90,27 @@ type SlotState struct {
 	// assigned to it behind that one.
 	Running string   `json:"running,omitempty"`
 	Queued  []string `json:"queued,omitempty"`
+	// Blocked, when set, says why the slot takes no placements: its memory
+	// is held by GPU processes the agent does not manage.
+	Blocked string `json:"blocked,omitempty"`
+}
+
+// GPUState is one GPU's live reading and slot-pool occupancy, sent in
+// heartbeats for operators (the scheduler reads slots, not these).
+type GPUState struct {
+	Index      int    `json:"index"`
+	MemoryUsed uint64 `json:"memory_used"`
+	// ForeignBytes is memory held by compute processes the agent does not
+	// manage; whole slots are taken out of service to cover it.
+	ForeignBytes   uint64  `json:"foreign_bytes,omitempty"`
+	TemperatureC   int     `json:"temperature_c"`
+	UtilizationPct int     `json:"utilization_pct"`
+	ECCUncorrected uint64  `json:"ecc_uncorrected,omitempty"`
+	MIG            bool    `json:"mig,omitempty"`
+	Fault          string  `json:"fault,omitempty"`
+	FreeSlots      int     `json:"free_slots"`
+	LargestFreeRun int     `json:"largest_free_run"`
+	Fragmentation  float64 `json:"fragmentation"`
 }
 
 // Heartbeat is an agent's periodic report of its live state. It is held in
@@ -101,6 +122,7 @@ type Heartbeat struct {
 	Time   time.Time    `json:"time"`
 	Slots  []SlotState  `json:"slots"`
 	Cache  []CachedBlob `json:"cache"`
+	GPUs   []GPUState   `json:"gpus,omitempty"`
 	// Draining hosts take no new placements.
 	Draining bool `json:"draining,omitempty"`
 	// Degraded, when set, says why the host takes no new placements now
@@ -118,6 +140,7 @@ type HostView struct {
 	LastHeartbeat  *time.Time   `json:"last_heartbeat,omitempty"`
 	Slots          []SlotState  `json:"slots"`
 	Cache          []CachedBlob `json:"cache"`
+	GPUStates      []GPUState   `json:"gpu_states,omitempty"`
 }
 
 // Registration is the body an agent sends when it starts.

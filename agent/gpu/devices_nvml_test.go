@@ -4,6 +4,7 @@ package gpu
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -78,7 +79,7 @@ func TestNVMLReadsDevices(t *testing.T) {
 	}
 	want := Device{Index: 0, UUID: "GPU-aaaa", Name: "NVIDIA H200", MemoryTotal: 150_000_000_000,
 		MemoryUsed: 500_000_000, MemoryFree: 149_500_000_000, UtilizationPct: 37, TemperatureC: 41}
-	if len(devs) != 2 || devs[0] != want || devs[1].Index != 1 || devs[1].UUID != "GPU-bbbb" {
+	if len(devs) != 2 || !reflect.DeepEqual(devs[0], want) || devs[1].Index != 1 || devs[1].UUID != "GPU-bbbb" {
 		t.Fatalf("Devices() = %+v, want [%+v, GPU-bbbb]", devs, want)
 	}
 	if err := d.Close(); err != nil {
