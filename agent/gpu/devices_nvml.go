@@ -30,7 +30,9 @@ var requiredSymbols = [][]string{
 
 // Optional readings: a driver without them reads as zero. NVML 13 deprecates
 // nvmlDeviceGetTemperature for the versioned-struct nvmlDeviceGetTemperatureV,
-// so the newer one is preferred where the driver has it.
+// so the newer one is preferred where the driver has it. go-nvml's
+// GetRemappedRows always calls the unversioned symbol (the _v2 struct form is
+// a separate method that adds nothing we read).
 const (
 	symUtilization    = "nvmlDeviceGetUtilizationRates"
 	symTemperature    = "nvmlDeviceGetTemperature"
