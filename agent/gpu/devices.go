@@ -15,6 +15,11 @@ const (
 // ErrClosed is returned by Devices after Close.
 var ErrClosed = errors.New("gpu: devices closed")
 
+// ErrGPULost is wrapped by the error Devices returns when a GPU has fallen
+// off the bus (NVML's GPU_IS_LOST): the device is unusable until it is reset
+// or the host rebooted, so the agent should report itself degraded.
+var ErrGPULost = errors.New("gpu: a GPU fell off the bus")
+
 // Device is one reading of one GPU. Memory figures are bytes.
 type Device struct {
 	Index          int
