@@ -53,8 +53,13 @@ ops-tools: ## install Ansible, ansible-lint and systemd-analyze with apt (skippe
 test: minio ops-tools ## run every test (race detector on; fuzz seed corpora included; a real MinIO; the ops tools)
 	$(GO) mod download
 	$(GO) vet ./...
-	HEARTH_REQUIRE_MINIO=1 HEARTH_REQUIRE_OPS=1 $(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
+	HEARTH_REQUIRE_MINIO=1 HEARTH_REQUIRE_PYTHON=1 HEARTH_REQUIRE_OPS=1 $(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 10m $(PLAIN_PKGS)
+	$(MAKE) --no-print-directory test-python
+
+.PHONY: test-python
+test-python: ## run the Python GPU worker's tests (fake backend: no torch or GPU needed)
+	python3 -m unittest discover -s workers/python
 
 .PHONY: test-short
 test-short: ## quick tests only (-short, no race detector)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,6 +49,11 @@ type Agent struct {
 
 	slots []*slot // every slot of every GPU, in (gpu, slot) order
 
+	healthMu      sync.Mutex
+	health        gpuHealth
+	gpuStates     []proto.GPUState
+	degradedGauge prometheus.Gauge
+
 	mu   sync.Mutex
 	jobs map[string]*jobRun // live assignments by job id
 
@@ -80,13 +86,18 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.peerBytesServed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "hearth_peer_bytes_served_total", Help: "Blob bytes this host sent to other hosts of the pool.",
 	})
-	a.reg.MustRegister(a.peerBytesServed)
+	a.degradedGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hearth_host_degraded", Help: "1 while the host takes no new placements because of a GPU fault or temperature.",
+	})
+	a.reg.MustRegister(a.peerBytesServed, a.degradedGauge)
 	if err := a.openCache(ctx); err != nil {
 		return nil, err
 	}
 	a.bandwidth = a.tierBandwidths()
 	a.exec = runner.NewExec(runner.ExecConfig{Logger: a.log})
-	a.devs = gpu.Detect(a.log, cfg.SimGPUs)
+	if a.devs = cfg.Devices; a.devs == nil {
+		a.devs = gpu.Detect(a.log, cfg.SimGPUs)
+	}
 	if err := a.buildSlots(); err != nil {
 		a.closeCache()
 		a.devs.Close()
@@ -132,6 +143,12 @@ func (a *Agent) buildSlots() error {
 		return errors.New("agent: no GPUs found; configure a simulated inventory to run without one")
 	}
 	for _, d := range devs {
+		if d.MIGEnabled {
+			// Its memory belongs to MIG instances, which the pool cannot
+			// see into: carving it would over-commit.
+			a.log.Warn("GPU in MIG mode: not carving it into slots", "gpu", d.Index, "uuid", d.UUID)
+			continue
+		}
 		g := d.ToProto(a.cfg.ReserveBytes, a.cfg.SlotBytes)
 		if a.cfg.MaxSlotsPerGPU > 0 && g.Slots > a.cfg.MaxSlotsPerGPU {
 			g.Slots = a.cfg.MaxSlotsPerGPU
@@ -147,8 +164,16 @@ func (a *Agent) buildSlots() error {
 		a.gpus = append(a.gpus, g)
 		a.pools = append(a.pools, pool)
 		for i := 0; i < g.Slots; i++ {
-			a.slots = append(a.slots, newSlot(a, d.Index, i, int64(a.cfg.SlotBytes)))
+			sl := newSlot(a, d.Index, i, int64(a.cfg.SlotBytes))
+			sl.ordinal = len(a.slots)
+			a.slots = append(a.slots, sl)
 		}
+	}
+	if len(a.gpus) == 0 {
+		return errors.New("agent: every GPU is in MIG mode; hearth carves whole GPUs only (disable MIG with nvidia-smi -mig 0)")
+	}
+	if n := len(a.cfg.ComfyUI.URLs); a.cfg.Runner == RunnerComfyUI && n > 0 && n != len(a.slots) {
+		return fmt.Errorf("agent: %d ComfyUI URLs for %d slots: attach one server per slot (in GPU, slot order), or change the slot size or the slot cap to make %d slots", n, len(a.slots), n)
 	}
 	a.log.Info("GPU inventory", "kind", a.devs.Kind(), "gpus", len(a.gpus), "slots", len(a.slots), "slot_bytes", a.cfg.SlotBytes)
 	return nil
@@ -159,8 +184,20 @@ func (a *Agent) hostRecord() proto.Host {
 		ID: a.cfg.HostID, Addr: a.cfg.Addr, DeviceKind: a.devs.Kind(), GPUs: a.gpus,
 		Labels: a.cfg.Labels, Bandwidth: a.bandwidth, Version: Version,
 		PeerFetch: a.peers != nil && a.cfg.PeerToken != "",
+		Kinds:     a.kinds(),
 	}
 }
+
+// kinds lists the job kinds this host's runners take: every kind with
+// workers, and no worker payloads on slots that run ComfyUI servers.
+func (a *Agent) kinds() []string {
+	if a.cfg.Runner == RunnerComfyUI {
+		return []string{"workflow", "exec"}
+	}
+	return []string{"workflow", "worker", "exec"}
+}
+
+func (a *Agent) takes(kind string) bool { return slices.Contains(a.kinds(), kind) }
 
 // register retries until the coordinator records this host or ctx ends.
 func (a *Agent) register(ctx context.Context) error {
@@ -192,6 +229,8 @@ func (a *Agent) Heartbeat() proto.Heartbeat {
 		b.Slots = append(b.Slots, sl.state())
 	}
 	b.Cache = a.cacheInventory()
+	b.Degraded = a.Degraded()
+	b.GPUs = a.GPUStates()
 	return b
 }
 
@@ -199,6 +238,7 @@ func (a *Agent) heartbeatLoop() {
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
+		a.updateHealth()
 		a.sendHeartbeat()
 		a.publishInventory()
 		select {

@@ -18,12 +18,14 @@ import (
 	"github.com/hearth-gpu/hearth/agent/runner/refworker"
 	"github.com/hearth-gpu/hearth/client"
 	"github.com/hearth-gpu/hearth/coordinator"
+	"github.com/hearth-gpu/hearth/internal/comfyuistandin"
 	"github.com/hearth-gpu/hearth/internal/devcluster"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
 func TestMain(m *testing.M) {
 	refworker.ServeIfTestChild()
+	comfyuistandin.ServeIfTestChild()
 	os.Exit(m.Run())
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hearth-gpu/hearth/cachefs"
@@ -31,7 +30,7 @@ func (a *Agent) openCache(ctx context.Context) (err error) {
 	if a.views, err = cachefs.NewViews(cfg.viewsDir(), a.cache); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(cfg.DataDir, "extra_model_paths.yaml"), a.views.ExtraModelPathsYAML(), 0o644); err != nil {
+	if err := os.WriteFile(cfg.extraModelPathsFile(), a.views.ExtraModelPathsYAML(), 0o644); err != nil {
 		return fmt.Errorf("agent: write extra_model_paths.yaml: %w", err)
 	}
 	if cfg.RAMMaxBytes > 0 {

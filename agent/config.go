@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/agent/runner"
 	"github.com/hearth-gpu/hearth/cachefs"
 	"github.com/hearth-gpu/hearth/gossip"
 	"github.com/hearth-gpu/hearth/proto"
@@ -82,11 +84,27 @@ type Config struct {
 	ReserveBytes   uint64
 	MaxSlotsPerGPU int
 
+	// Runner is what runs workflow and worker jobs in each slot:
+	// RunnerWorker (the default), a long-lived process speaking the worker
+	// protocol, or RunnerComfyUI, one ComfyUI server per slot. Exec jobs
+	// run on their own either way.
+	Runner string
 	// WorkerCommand is the argv of the long-lived worker started per slot
 	// for workflow and worker jobs; WorkerEnv is added to its environment.
 	// The default runs this binary's reference worker.
 	WorkerCommand []string
 	WorkerEnv     []string
+	// ComfyUI configures the servers of the comfyui runner.
+	ComfyUI ComfyUIConfig
+	// GPUTempMaxC is the temperature above which a GPU's host reports
+	// itself degraded and takes no new placements, until every GPU is back
+	// below it by GPUTempHysteresisC (defaults 85 °C and 5 °C; negative: no
+	// limit). Simulated GPUs read 0 °C.
+	GPUTempMaxC        int
+	GPUTempHysteresisC int
+	// Devices, when set, is the GPU source instead of NVML or the simulated
+	// inventory (for programs that embed an agent, and tests).
+	Devices gpu.Devices
 
 	// HeartbeatInterval is how often live state is sent (default 2 s).
 	HeartbeatInterval time.Duration
@@ -100,17 +118,43 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Runners, as Config.Runner names them.
+const (
+	RunnerWorker  = "worker"
+	RunnerComfyUI = "comfyui"
+)
+
+// ComfyUIConfig configures the comfyui runner's servers: the agent starts
+// and supervises one per slot with Command, or attaches to the running
+// servers at URLs, one per slot in (GPU, slot) order.
+type ComfyUIConfig struct {
+	// Command starts a server (default runner.DefaultComfyUICommand, run in
+	// Dir, a ComfyUI checkout). The placeholders {host}, {port}, {gpu},
+	// {extra_model_paths} and {output_dir} are filled in per slot: the
+	// model folders are the host's verified cache, as named views.
+	Command []string
+	Dir     string
+	Env     []string
+	URLs    []string
+	// StartTimeout bounds a server's start until it answers (default
+	// 120 s: ComfyUI imports torch and its custom nodes first).
+	StartTimeout time.Duration
+}
+
 // DefaultConfig returns a config for a dev host on the default ports.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		HostID:            host,
-		Addr:              "127.0.0.1:7710",
-		CoordinatorURL:    "http://127.0.0.1:7700",
-		SlotBytes:         24 << 30,
-		ReserveBytes:      2 << 30,
-		HeartbeatInterval: 2 * time.Second,
-		PollWait:          30 * time.Second,
+		HostID:             host,
+		Addr:               "127.0.0.1:7710",
+		CoordinatorURL:     "http://127.0.0.1:7700",
+		Runner:             RunnerWorker,
+		SlotBytes:          24 << 30,
+		ReserveBytes:       2 << 30,
+		GPUTempMaxC:        85,
+		GPUTempHysteresisC: 5,
+		HeartbeatInterval:  2 * time.Second,
+		PollWait:           30 * time.Second,
 	}
 }
 
@@ -140,12 +184,30 @@ func ValidateConfig(c *Config) error {
 	if c.SlotBytes == 0 {
 		errs = append(errs, errors.New("agent: config: slot_bytes must be positive"))
 	}
+	switch c.Runner {
+	case "", RunnerWorker:
+	case RunnerComfyUI:
+		for _, u := range c.ComfyUI.URLs {
+			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+				errs = append(errs, fmt.Errorf("agent: config: comfyui_url %q must be http(s)://host:port", u))
+			}
+		}
+	default:
+		errs = append(errs, fmt.Errorf("agent: config: runner %q must be %q or %q", c.Runner, RunnerWorker, RunnerComfyUI))
+	}
+	if c.GPUTempHysteresisC < 0 {
+		errs = append(errs, errors.New("agent: config: gpu_temp_hysteresis must not be negative"))
+	}
 	return errors.Join(errs...)
 }
 
 func (c *Config) fillDefaults() error {
 	d := DefaultConfig()
 	c.SlotBytes = cmp.Or(c.SlotBytes, d.SlotBytes)
+	c.Runner = cmp.Or(c.Runner, d.Runner)
+	if c.Runner == RunnerComfyUI && len(c.ComfyUI.Command) == 0 && len(c.ComfyUI.URLs) == 0 {
+		c.ComfyUI.Command = runner.DefaultComfyUICommand
+	}
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, d.HeartbeatInterval)
 	c.PollWait = cmp.Or(c.PollWait, d.PollWait)
 	c.ResultsURLExpiry = cmp.Or(c.ResultsURLExpiry, maxPresignExpiry)
@@ -166,7 +228,10 @@ func (c *Config) fillDefaults() error {
 func (c *Config) cacheDir() string   { return filepath.Join(c.DataDir, "cache") }
 func (c *Config) resultsDir() string { return filepath.Join(c.DataDir, "results") }
 func (c *Config) workDir() string    { return filepath.Join(c.DataDir, "work") }
-func (c *Config) viewsDir() string   { return filepath.Join(c.DataDir, "models") }
+func (c *Config) extraModelPathsFile() string {
+	return filepath.Join(c.DataDir, "extra_model_paths.yaml")
+}
+func (c *Config) viewsDir() string { return filepath.Join(c.DataDir, "models") }
 
 // maxPresignExpiry is the longest an S3 presigned URL may stay valid.
 const maxPresignExpiry = 7 * 24 * time.Hour

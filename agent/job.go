@@ -43,8 +43,11 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 			a.report(as, proto.JobReport{State: proto.JobTimedOut, Error: fmt.Sprintf("%s: ran past timeout_s=%g", stage, as.Spec.TimeoutS)})
 			return
 		}
-		log.Warn("job failed", "stage", stage, "err", err)
-		a.report(as, proto.JobReport{State: proto.JobFailed, Error: fmt.Sprintf("%s: %v", stage, err)})
+		// A worker or server that died under the job is not the job's
+		// fault: the coordinator requeues it while it has attempts left.
+		retry := errors.Is(err, runner.ErrWorkerExited) || errors.Is(err, errSlotBlocked)
+		log.Warn("job failed", "stage", stage, "err", err, "retryable", retry)
+		a.report(as, proto.JobReport{State: proto.JobFailed, Error: fmt.Sprintf("%s: %v", stage, err), Retryable: retry})
 	}
 
 	start := time.Now()

@@ -2,9 +2,15 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 
+	"github.com/hearth-gpu/hearth/agent/gpu"
 	"github.com/hearth-gpu/hearth/agent/runner"
 	"github.com/hearth-gpu/hearth/proto"
 )
@@ -15,12 +21,16 @@ type slot struct {
 	a        *Agent
 	gpu      int
 	index    int
+	ordinal  int // position among all the host's slots, in (gpu, slot) order
 	capacity int64
 
 	mu      sync.Mutex
 	queue   []*jobRun
 	running *jobRun
-	worker  *runner.Worker
+	worker  runner.Runner // the slot's worker or ComfyUI server; nil until first used
+	// blocked, when set, says why the slot is out of service: foreign GPU
+	// memory covers it (see accountVRAM).
+	blocked string
 	wake    chan struct{}
 	// residentPins hold in the disk cache the blobs the worker has loaded,
 	// so a model in VRAM is never evicted from under it: a worker restart
@@ -77,34 +87,70 @@ func (s *slot) loop(ctx context.Context) {
 	}
 }
 
-// runnerFor returns the runner for a job kind, starting the slot's worker
-// the first time one is needed.
+// runnerFor returns the runner for a job kind, starting the slot's
+// long-lived runner (a worker, or a ComfyUI server) the first time one is
+// needed. It takes the slot from the GPU's pool while the runner lives.
 func (s *slot) runnerFor(kind string) (runner.Runner, error) {
 	if kind == "exec" {
 		return s.a.exec, nil
 	}
+	if !s.a.takes(kind) {
+		return nil, fmt.Errorf("%w: this host's slots run %s, which takes no %q jobs", runner.ErrJobFailed, s.a.cfg.Runner, kind)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.blocked != "" {
+		return nil, fmt.Errorf("%w: %s", errSlotBlocked, s.blocked)
+	}
 	if s.worker != nil {
 		return s.worker, nil
 	}
-	if err := s.a.pools[s.poolIndex()].AcquireAt(s.index, 1, "worker"); err != nil {
+	pool := s.a.pools[s.poolIndex()]
+	if err := pool.AcquireAt(s.index, 1, s.a.cfg.Runner); err != nil {
 		return nil, err
 	}
-	env := append([]string{
-		"CUDA_VISIBLE_DEVICES=" + itoa(s.gpu),
-		"HEARTH_SLOT=" + itoa(s.gpu) + "/" + itoa(s.index),
-	}, s.a.cfg.WorkerEnv...)
-	w, err := runner.NewWorker(runner.WorkerConfig{
-		Command: s.a.cfg.WorkerCommand, Env: env, CapacityBytes: s.capacity,
-		Logger: s.a.log.With("gpu", s.gpu, "slot", s.index),
-	})
+	log := s.a.log.With("gpu", s.gpu, "slot", s.index)
+	var r runner.Runner
+	var err error
+	switch s.a.cfg.Runner {
+	case RunnerComfyUI:
+		r, err = s.newComfyUI(log)
+	default:
+		env := append([]string{
+			"CUDA_VISIBLE_DEVICES=" + itoa(s.gpu),
+			"HEARTH_SLOT=" + itoa(s.gpu) + "/" + itoa(s.index),
+		}, s.a.cfg.WorkerEnv...)
+		r, err = runner.NewWorker(runner.WorkerConfig{
+			Command: s.a.cfg.WorkerCommand, Env: env, CapacityBytes: s.capacity, Logger: log,
+		})
+	}
 	if err != nil {
-		_ = s.a.pools[s.poolIndex()].Release(s.index)
+		_ = pool.Release(s.index)
 		return nil, err
 	}
-	s.worker = w
-	return w, nil
+	s.worker = r
+	return r, nil
+}
+
+// newComfyUI starts (or attaches to) the slot's ComfyUI server. Its model
+// folders are the agent's named views; each slot has its own output
+// directory, so servers never see each other's files.
+func (s *slot) newComfyUI(log *slog.Logger) (runner.Runner, error) {
+	cc := s.a.cfg.ComfyUI
+	cfg := runner.ComfyUIConfig{
+		Command: cc.Command, Env: cc.Env, Dir: cc.Dir, GPU: s.gpu,
+		ExtraModelPaths: s.a.cfg.extraModelPathsFile(),
+		OutputDir:       filepath.Join(s.a.cfg.DataDir, "comfyui", fmt.Sprintf("gpu%d-slot%d", s.gpu, s.index), "output"),
+		CapacityBytes:   s.capacity, StartTimeout: cc.StartTimeout, Logger: log,
+	}
+	if len(cc.URLs) > 0 {
+		// An attached server keeps its own output directory, which may be
+		// on another machine: its outputs are fetched with /view only.
+		cfg.URL, cfg.Command, cfg.OutputDir = cc.URLs[s.ordinal], nil, ""
+	} else if err := os.MkdirAll(cfg.OutputDir, 0o750); err != nil {
+		return nil, fmt.Errorf("agent: comfyui output directory: %w", err)
+	}
+	return runner.NewComfyUI(cfg)
 }
 
 func (s *slot) poolIndex() int {
@@ -130,6 +176,7 @@ func (s *slot) state() proto.SlotState {
 	if s.running != nil {
 		st.Running = s.running.assignment.JobID
 	}
+	st.Blocked = s.blocked
 	for _, j := range s.queue {
 		st.Queued = append(st.Queued, j.assignment.JobID)
 	}
@@ -186,4 +233,66 @@ func compareUint(a, b uint64) int {
 		return 1
 	}
 	return 0
+}
+
+// errSlotBlocked fails a job placed on a slot just as it went out of
+// service; the job is requeued (it is not the job's fault).
+var errSlotBlocked = errors.New("slot out of service")
+
+func (s *slot) isBlocked() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blocked != ""
+}
+
+// block takes the slot out of service if it has no work: always when it
+// has no worker, and, with stopIdle, also by stopping an idle worker. It
+// reports whether the slot is now blocked by this call.
+func (s *slot) block(pool *gpu.SlotPool, why string, stopIdle bool) bool {
+	s.mu.Lock()
+	if s.blocked != "" || s.running != nil || len(s.queue) > 0 || (s.worker != nil && !stopIdle) {
+		s.mu.Unlock()
+		return false
+	}
+	w := s.worker
+	s.worker = nil
+	s.syncPinsLocked()
+	if w != nil {
+		_ = pool.Release(s.index)
+	}
+	if err := pool.AcquireAt(s.index, 1, foreignOwner); err != nil {
+		s.mu.Unlock()
+		if w != nil {
+			_ = w.Close()
+		}
+		return false
+	}
+	s.blocked = why
+	s.mu.Unlock()
+	if w != nil {
+		_ = w.Close() // outside the lock: a worker may take a while to stop
+	}
+	return true
+}
+
+// unblock puts a blocked slot back in service.
+func (s *slot) unblock(pool *gpu.SlotPool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.blocked == "" {
+		return false
+	}
+	s.blocked = ""
+	_ = pool.Release(s.index)
+	return true
+}
+
+// setBlockedReason refreshes a blocked slot's reason with the latest
+// figure.
+func (s *slot) setBlockedReason(why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.blocked != "" {
+		s.blocked = why
+	}
 }

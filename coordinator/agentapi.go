@@ -121,7 +121,7 @@ func (s *Server) handleReport(ctx *fasthttp.RequestCtx) (int, any, error) {
 		return 0, nil, errBadRequest("invalid_field", "state", "an agent cannot report state %q", r.State)
 	}
 	r.Time = s.cfg.Now().UTC() // the leader's clock orders timings, not the agent's
-	res, err := s.propose(&proto.ReportJob{Report: r})
+	res, err := s.propose(&proto.ReportJob{Report: r, Backoff: s.cfg.RequeueBackoff, BackoffMax: s.cfg.RequeueBackoffMax})
 	if err != nil {
 		return 0, nil, err
 	}

@@ -69,8 +69,8 @@ type Config struct {
 	// has seen some finish.
 	DefaultRunS float64
 	// RequeueBackoff and RequeueBackoffMax shape the delay before a job
-	// whose host went down may be placed again: RequeueBackoff·2^(attempt-1),
-	// capped (defaults 1 s and 1 min).
+	// whose host went down, or whose worker crashed under it, may be placed
+	// again: RequeueBackoff·2^(attempt-1), capped (defaults 1 s and 1 min).
 	RequeueBackoff    time.Duration
 	RequeueBackoffMax time.Duration
 	// DefaultTimeout is a job's run timeout when its spec sets none

@@ -195,7 +195,7 @@ func (f *FSM) apply(index uint64, cmd proto.Command) any {
 		}
 		return out
 	case *proto.ReportJob:
-		return f.applyReport(index, &c.Report)
+		return f.applyReport(index, c)
 	case *proto.CancelJob:
 		return f.applyCancel(index, c)
 	case *proto.RetryJob:
@@ -341,7 +341,8 @@ var stateOrder = map[proto.JobState]int{
 	proto.JobSucceeded: 6, proto.JobFailed: 6, proto.JobCancelled: 6, proto.JobTimedOut: 6,
 }
 
-func (f *FSM) applyReport(index uint64, r *proto.JobReport) any {
+func (f *FSM) applyReport(index uint64, c *proto.ReportJob) any {
+	r := &c.Report
 	old, ok := f.jobs[r.JobID]
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrJobNotFound, r.JobID)
@@ -371,7 +372,10 @@ func (f *FSM) applyReport(index uint64, r *proto.JobReport) any {
 	if len(r.Outputs) > 0 {
 		j.Outputs = slices.Clone(r.Outputs)
 	}
-	if r.State != old.State {
+	if r.State == proto.JobFailed && r.Retryable {
+		why := fmt.Sprintf("attempt %d lost on host %s: %s", j.Attempts, r.HostID, r.Error)
+		f.requeueOrFail(index, j, r.Time, why, c.Backoff, c.BackoffMax)
+	} else if r.State != old.State {
 		f.setState(index, j, r.State, r.Time, r.Error)
 	} else if r.Error != "" {
 		j.Error = r.Error
@@ -435,24 +439,35 @@ func (f *FSM) applyHostDown(index uint64, c *proto.MarkHostDown) any {
 		}
 		j = j.Clone()
 		why := fmt.Sprintf("attempt %d lost: host %s went down (%s)", j.Attempts, h.ID, c.Reason)
-		if j.Attempts >= maxAttempts(j) {
-			f.setState(index, j, proto.JobFailed, t, fmt.Sprintf("%s; gave up after %d attempts", why, j.Attempts))
-			res.Failed = append(res.Failed, j.ID)
-		} else {
-			delay := c.Backoff << min(j.Attempts-1, 30)
-			if delay <= 0 || delay > c.BackoffMax {
-				delay = c.BackoffMax
-			}
-			nb := t.Add(delay)
-			j.NotBefore = &nb
-			j.Placement, j.Progress = nil, nil
-			f.setState(index, j, proto.JobQueued, t, why)
-			j.Error = ""
+		if f.requeueOrFail(index, j, t, why, c.Backoff, c.BackoffMax) {
 			res.Requeued = append(res.Requeued, j.ID)
+		} else {
+			res.Failed = append(res.Failed, j.ID)
 		}
 		f.store(index, j)
 	}
 	return &res
+}
+
+// requeueOrFail ends an attempt that was lost through no fault of the job:
+// back to queued, placeable after backoff·2^(attempts-1) (at most
+// backoffMax), or failed when the job has used its attempts. It reports
+// whether the job was requeued; the caller stores j.
+func (f *FSM) requeueOrFail(index uint64, j *proto.Job, t time.Time, why string, backoff, backoffMax time.Duration) bool {
+	if j.Attempts >= maxAttempts(j) {
+		f.setState(index, j, proto.JobFailed, t, fmt.Sprintf("%s; gave up after %d attempts", why, j.Attempts))
+		return false
+	}
+	delay := backoff << min(max(j.Attempts-1, 0), 30)
+	if delay <= 0 || delay > backoffMax {
+		delay = backoffMax
+	}
+	nb := t.Add(delay)
+	j.NotBefore = &nb
+	j.Placement, j.Progress = nil, nil
+	f.setState(index, j, proto.JobQueued, t, why)
+	j.Error = ""
+	return true
 }
 
 // DefaultMaxAttempts is a job's placement budget when its spec sets none.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,5 +231,36 @@ func TestFSMSnapshotKeepsKeysAddressesAndIndexes(t *testing.T) {
 	}
 	if p := restored.PendingWebhooks(); len(p) != 1 || p[0].ID != "k2" {
 		t.Fatalf("pending webhooks after restore: %v", p)
+	}
+}
+
+// A retryable failure (the worker died under the job) requeues the job
+// with backoff and no webhook until its attempts run out; a plain failure
+// ends it at once.
+func TestFSMRetryableReportRequeuesThenFails(t *testing.T) {
+	h := seededFSM(t)
+	h.apply(&proto.SubmitJobs{Items: []proto.SubmitItem{submitItem("rj", "", "", t0)}})
+	at := t0
+	for attempt := 1; attempt <= DefaultMaxAttempts; attempt++ {
+		placed := h.mustJob(&proto.PlaceJob{JobID: "rj", Placement: proto.Placement{Host: "h1", PlacedAt: at}})
+		at = at.Add(time.Minute)
+		j := h.mustJob(&proto.ReportJob{Report: proto.JobReport{JobID: "rj", HostID: "h1", Epoch: placed.Placement.Epoch,
+			State: proto.JobFailed, Error: "run: worker exited", Retryable: true, Time: at}, Backoff: time.Second, BackoffMax: time.Minute})
+		if attempt < DefaultMaxAttempts {
+			if j.State != proto.JobQueued || j.Placement != nil || j.NotBefore == nil || !j.NotBefore.Equal(at.Add(time.Second<<(attempt-1))) || len(j.Webhooks) != 0 {
+				t.Fatalf("attempt %d: %s not_before %v webhooks %d; want queued after %v without a webhook", attempt, j.State, j.NotBefore, len(j.Webhooks), time.Second<<(attempt-1))
+			}
+			continue
+		}
+		if j.State != proto.JobFailed || !strings.Contains(j.Error, "gave up after 3 attempts") || len(j.Webhooks) != 1 {
+			t.Fatalf("last attempt: %s %q webhooks %d; want failed, giving up", j.State, j.Error, len(j.Webhooks))
+		}
+	}
+	h.apply(&proto.SubmitJobs{Items: []proto.SubmitItem{submitItem("plain", "", "", t0)}})
+	placed := h.mustJob(&proto.PlaceJob{JobID: "plain", Placement: proto.Placement{Host: "h1", PlacedAt: at}})
+	j := h.mustJob(&proto.ReportJob{Report: proto.JobReport{JobID: "plain", HostID: "h1", Epoch: placed.Placement.Epoch,
+		State: proto.JobFailed, Error: "run: job failed: bad input", Time: at}, Backoff: time.Second, BackoffMax: time.Minute})
+	if j.State != proto.JobFailed || j.Attempts != 1 {
+		t.Fatalf("non-retryable failure: %s after %d attempts, want failed after 1", j.State, j.Attempts)
 	}
 }

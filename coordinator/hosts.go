@@ -48,7 +48,7 @@ func (s *Server) hostView(h *proto.Host) proto.HostView {
 	beat, at, alive := s.hosts.get(h.ID, s.cfg.HeartbeatGrace)
 	if !at.IsZero() {
 		v.LastHeartbeat = &at
-		v.Slots, v.Cache = beat.Slots, beat.Cache
+		v.Slots, v.Cache, v.GPUStates = beat.Slots, beat.Cache, beat.GPUs
 	}
 	switch {
 	case h.DownAt != nil:
@@ -56,6 +56,9 @@ func (s *Server) hostView(h *proto.Host) proto.HostView {
 		// registers again, whatever its last beat says.
 	case alive && beat.Draining:
 		v.Status = proto.HostDraining
+	case alive && beat.Degraded != "":
+		v.Status = proto.HostDegraded
+		v.DegradedReason = beat.Degraded
 	case alive:
 		v.Status = proto.HostReady
 	}

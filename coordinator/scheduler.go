@@ -42,7 +42,7 @@ type scheduler struct {
 func (sc *scheduler) anyHostUp() bool {
 	for _, h := range sc.s.fsm.Hosts() {
 		beat, _, alive := sc.s.hosts.get(h.ID, sc.s.cfg.HeartbeatGrace)
-		if alive && !beat.Draining && h.DownAt == nil {
+		if alive && !beat.Draining && beat.Degraded == "" && h.DownAt == nil {
 			return true
 		}
 	}
@@ -223,7 +223,7 @@ func (sc *scheduler) pass(ctx context.Context) {
 }
 
 // slotViews builds the pass's slot list from registrations, heartbeats and
-// the active jobs. Hosts that are down or draining offer no slots.
+// the active jobs. Hosts that are down, draining or degraded offer no slots.
 func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 	s := sc.s
 	byKey := make(map[[3]any]*slotView)
@@ -239,7 +239,7 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 				holders[b.Digest] = append(holders[b.Digest], h)
 			}
 		}
-		if beat.Draining {
+		if beat.Draining || beat.Degraded != "" {
 			continue
 		}
 		cache := make(map[proto.Digest]proto.Tier, len(beat.Cache))
@@ -249,11 +249,18 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 			}
 		}
 		resident := make(map[[2]int][]proto.Digest)
+		blocked := make(map[[2]int]bool)
 		for _, st := range beat.Slots {
 			resident[[2]int{st.GPU, st.Slot}] = st.Resident
+			if st.Blocked != "" {
+				blocked[[2]int{st.GPU, st.Slot}] = true
+			}
 		}
 		for _, g := range h.GPUs {
 			for i := 0; i < g.Slots; i++ {
+				if blocked[[2]int{g.Index, i}] {
+					continue // its memory is held by a process the agent does not manage
+				}
 				sv := &slotView{host: h, gpu: g.Index, slot: i, capBytes: int64(g.SlotBytes),
 					resident: make(map[proto.Digest]bool), cache: cache, holders: holders, order: len(out)}
 				for _, d := range resident[[2]int{g.Index, i}] {
@@ -285,15 +292,23 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 	return out
 }
 
-func (sc *scheduler) choose(j *proto.Job, slots []*slotView, now time.Time) (candidate, bool) {
+// vramNeed is the slot size a job needs: its declared VRAM, and at least
+// room for its models.
+func vramNeed(j *proto.Job) int64 {
 	var need int64
 	for _, m := range j.Models {
 		need += m.Size
 	}
+	return max(need, j.Spec.VRAMBytes)
+}
+
+func (sc *scheduler) choose(j *proto.Job, slots []*slotView, now time.Time) (candidate, bool) {
+	need := vramNeed(j)
+	kind := j.Spec.Kind()
 	var best candidate
 	found := false
 	for _, sv := range slots {
-		if sv.capBytes > 0 && need > sv.capBytes {
+		if sv.capBytes > 0 && need > sv.capBytes || !sv.host.Takes(kind) {
 			continue
 		}
 		c := sc.score(j, sv, now)

@@ -287,10 +287,13 @@ func TestSchedulerLeavesOversizedJobQueued(t *testing.T) {
 	const bigName = "checkpoints/big.safetensors"
 	putTestModel(t, api, modelA, modelASize)
 	putTestModel(t, api, bigName, 2<<30) // twice the slot
+	// Submitted before any host registered, the big job is accepted (the
+	// fleet may still be starting); once the only host has 1 GiB slots it
+	// can never be placed, and must not hold up the others.
+	big := submitWorkflow(t, api, "big.safetensors", 100)
 	registerHost(t, api, "h1", twoSlotGPU, nil)
 	heartbeat(t, api, proto.Heartbeat{HostID: "h1"})
 
-	big := submitWorkflow(t, api, "big.safetensors", 100)
 	// Every job below is submitted after the big one and placed by a pass
 	// that also saw the big one queued (at a higher priority, so first).
 	for i := 0; i < 3; i++ {
@@ -305,6 +308,11 @@ func TestSchedulerLeavesOversizedJobQueued(t *testing.T) {
 	}
 	if got.State != proto.JobQueued || got.Placement != nil || got.Attempts != 0 {
 		t.Fatalf("job needing %d bytes on 1 GiB slots: state %s placement %+v; want it still queued", int64(2<<30), got.State, got.Placement)
+	}
+	// Now that a host is known, the same job is refused at submit.
+	_, err = api.SubmitRaw(context.Background(), []byte(`{"workflow": {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "big.safetensors"}}}}`))
+	if !client.IsCode(err, "insufficient_vram") {
+		t.Fatalf("second big job: %v, want 422 insufficient_vram", err)
 	}
 }
 

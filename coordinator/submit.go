@@ -72,6 +72,9 @@ func (s *Server) handleSubmit(ctx *fasthttp.RequestCtx) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	if err := s.checkPlaceable(&spec, refs); err != nil {
+		return 0, nil, err
+	}
 	if spec.TimeoutS == 0 {
 		spec.TimeoutS = s.cfg.DefaultTimeout.Seconds()
 	}
@@ -173,6 +176,9 @@ func validateSpec(spec *proto.JobSpec, webhookHosts []string) ([]modelNeed, erro
 	if spec.MaxAttempts < 0 || spec.MaxAttempts > 100 {
 		return nil, errBadRequest("invalid_field", "max_attempts", "max_attempts %d must be from 0 (the default, %d) to 100", spec.MaxAttempts, DefaultMaxAttempts)
 	}
+	if spec.VRAMBytes < 0 {
+		return nil, errBadRequest("invalid_field", "vram_bytes", "vram_bytes %d must not be negative", spec.VRAMBytes)
+	}
 	if spec.Webhook != "" {
 		if err := webhook.ValidateURL(spec.Webhook, webhookHosts); err != nil {
 			return nil, errBadRequest("invalid_field", "webhook", "%v", err)
@@ -220,6 +226,68 @@ func namedNeeds(field string, names []string) []modelNeed {
 		out = append(out, modelNeed{name: n, field: fmt.Sprintf("%s[%d]", field, i)})
 	}
 	return out
+}
+
+// checkPlaceable refuses, with 422, a job that no registered host could
+// ever run: one that needs more VRAM than the largest slot of any host that
+// takes its kind, or whose kind no host runs. Down and draining hosts count,
+// since they come back; with no host registered yet every job is taken,
+// since the fleet may still be starting.
+func (s *Server) checkPlaceable(spec *proto.JobSpec, refs []proto.ModelRef) error {
+	hosts := s.fsm.Hosts()
+	if len(hosts) == 0 {
+		return nil
+	}
+	kind := spec.Kind()
+	var largest uint64
+	takers := 0
+	for _, h := range hosts {
+		if !h.Takes(kind) {
+			continue
+		}
+		takers++
+		for _, g := range h.GPUs {
+			if g.Slots > 0 {
+				largest = max(largest, g.SlotBytes)
+			}
+		}
+	}
+	if takers == 0 {
+		return &apiError{Status: http.StatusUnprocessableEntity, Code: "no_runner", Field: kind,
+			Message: fmt.Sprintf("no registered host runs %s jobs (%d hosts, none with a runner for them)", kind, len(hosts))}
+	}
+	need := vramNeed(&proto.Job{Spec: *spec, Models: refs})
+	if need > 0 && uint64(need) > largest {
+		field, what := "vram_bytes", fmt.Sprintf("vram_bytes asks for %s", humanBytes(need))
+		if spec.VRAMBytes < need {
+			field, what = modelsField(kind), fmt.Sprintf("its models need %s", humanBytes(need))
+		}
+		return &apiError{Status: http.StatusUnprocessableEntity, Code: "insufficient_vram", Field: field,
+			Message: fmt.Sprintf("the job cannot fit any slot: %s, and the largest slot of the %d hosts that run %s jobs holds %s", what, takers, kind, humanBytes(int64(largest)))}
+	}
+	return nil
+}
+
+// modelsField names where a spec of kind lists its models.
+func modelsField(kind string) string {
+	switch kind {
+	case "worker":
+		return "worker.models"
+	case "exec":
+		return "exec.models"
+	}
+	return "workflow"
+}
+
+// humanBytes spells n in GiB, MiB or bytes, for messages.
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // resolve maps each needed name to its catalog entry. The digest is frozen

@@ -109,6 +109,10 @@ type PlaceJob struct {
 // ReportJob records an agent's report of a transition.
 type ReportJob struct {
 	Report JobReport `json:"report"`
+	// Backoff and BackoffMax shape the delay before a retryable failure is
+	// placed again, as for MarkHostDown; the leader fills them in.
+	Backoff    time.Duration `json:"backoff,omitempty"`
+	BackoffMax time.Duration `json:"backoff_max,omitempty"`
 }
 
 // SubmitJobs accepts a batch of jobs in one entry: the leader gathers

@@ -9,6 +9,10 @@ const (
 	HostReady    HostStatus = "ready"
 	HostDown     HostStatus = "down"
 	HostDraining HostStatus = "draining"
+	// HostDegraded hosts heartbeat but report a fault (a GPU too hot, an
+	// NVML error, a device gone): they take no new placements until it
+	// clears, and their running jobs go on.
+	HostDegraded HostStatus = "degraded"
 )
 
 // GPU describes one device and how the agent carved it into slots.
@@ -50,6 +54,23 @@ type Host struct {
 	// not in one or has not seen the host there. It is a view, not part of
 	// the replicated record.
 	Gossip string `json:"gossip,omitempty"`
+	// Kinds are the job kinds the host's runners take ("workflow",
+	// "worker", "exec"); empty means every kind. A host whose slots run
+	// ComfyUI servers takes workflow and exec jobs, not worker payloads.
+	Kinds []string `json:"kinds,omitempty"`
+}
+
+// Takes reports whether the host runs jobs of kind.
+func (h *Host) Takes(kind string) bool {
+	if len(h.Kinds) == 0 {
+		return true
+	}
+	for _, k := range h.Kinds {
+		if k == kind {
+			return true
+		}
+	}
+	return false
 }
 
 // CachedBlob is a blob held on a host outside any worker.
@@ -69,6 +90,27 @@ type SlotState struct {
 	// assigned to it behind that one.
 	Running string   `json:"running,omitempty"`
 	Queued  []string `json:"queued,omitempty"`
+	// Blocked, when set, says why the slot takes no placements: its memory
+	// is held by GPU processes the agent does not manage.
+	Blocked string `json:"blocked,omitempty"`
+}
+
+// GPUState is one GPU's live reading and slot-pool occupancy, sent in
+// heartbeats for operators (the scheduler reads slots, not these).
+type GPUState struct {
+	Index      int    `json:"index"`
+	MemoryUsed uint64 `json:"memory_used"`
+	// ForeignBytes is memory held by compute processes the agent does not
+	// manage; whole slots are taken out of service to cover it.
+	ForeignBytes   uint64  `json:"foreign_bytes,omitempty"`
+	TemperatureC   int     `json:"temperature_c"`
+	UtilizationPct int     `json:"utilization_pct"`
+	ECCUncorrected uint64  `json:"ecc_uncorrected,omitempty"`
+	MIG            bool    `json:"mig,omitempty"`
+	Fault          string  `json:"fault,omitempty"`
+	FreeSlots      int     `json:"free_slots"`
+	LargestFreeRun int     `json:"largest_free_run"`
+	Fragmentation  float64 `json:"fragmentation"`
 }
 
 // Heartbeat is an agent's periodic report of its live state. It is held in
@@ -80,17 +122,25 @@ type Heartbeat struct {
 	Time   time.Time    `json:"time"`
 	Slots  []SlotState  `json:"slots"`
 	Cache  []CachedBlob `json:"cache"`
+	GPUs   []GPUState   `json:"gpus,omitempty"`
 	// Draining hosts take no new placements.
 	Draining bool `json:"draining,omitempty"`
+	// Degraded, when set, says why the host takes no new placements now
+	// (GPU over its temperature limit, NVML failing, a device gone); it
+	// clears on its own when the fault does.
+	Degraded string `json:"degraded,omitempty"`
 }
 
 // HostView is a host as the API lists it: registration plus live state.
 type HostView struct {
 	Host
-	Status        HostStatus   `json:"status"`
-	LastHeartbeat *time.Time   `json:"last_heartbeat,omitempty"`
-	Slots         []SlotState  `json:"slots"`
-	Cache         []CachedBlob `json:"cache"`
+	Status HostStatus `json:"status"`
+	// DegradedReason says why a degraded host takes no placements.
+	DegradedReason string       `json:"degraded_reason,omitempty"`
+	LastHeartbeat  *time.Time   `json:"last_heartbeat,omitempty"`
+	Slots          []SlotState  `json:"slots"`
+	Cache          []CachedBlob `json:"cache"`
+	GPUStates      []GPUState   `json:"gpu_states,omitempty"`
 }
 
 // Registration is the body an agent sends when it starts.
@@ -129,7 +179,11 @@ type JobReport struct {
 	LoadS    float64   `json:"load_s,omitempty"`
 	RunS     float64   `json:"run_s,omitempty"`
 	Outputs  []Output  `json:"outputs,omitempty"`
-	Time     time.Time `json:"time"`
+	// Retryable marks a failure that was not the job's doing (its worker or
+	// ComfyUI server crashed under it): the coordinator requeues the job,
+	// with backoff, while it has attempts left.
+	Retryable bool      `json:"retryable,omitempty"`
+	Time      time.Time `json:"time"`
 }
 
 // APIError is the body of every error answer:

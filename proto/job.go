@@ -76,6 +76,11 @@ type JobSpec struct {
 	// until it has been placed this many times, then fails. Zero: the
 	// coordinator's default (3).
 	MaxAttempts int `json:"max_attempts,omitempty"`
+	// VRAMBytes is the GPU memory one attempt needs (weights, activations,
+	// latents). The scheduler places the job only on a slot at least this
+	// large, and at least as large as its models; a job no registered host
+	// could ever hold is refused at submit with 422. Zero: its models' size.
+	VRAMBytes int64 `json:"vram_bytes,omitempty"`
 	// Webhook is an http(s) URL that receives a signed POST when the job
 	// reaches a terminal state.
 	Webhook string `json:"webhook,omitempty"`

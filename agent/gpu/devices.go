@@ -15,6 +15,11 @@ const (
 // ErrClosed is returned by Devices after Close.
 var ErrClosed = errors.New("gpu: devices closed")
 
+// ErrGPULost is wrapped by the error Devices returns when a GPU has fallen
+// off the bus (NVML's GPU_IS_LOST): the device is unusable until it is reset
+// or the host rebooted, so the agent should report itself degraded.
+var ErrGPULost = errors.New("gpu: a GPU fell off the bus")
+
 // Device is one reading of one GPU. Memory figures are bytes.
 type Device struct {
 	Index          int
@@ -25,6 +30,26 @@ type Device struct {
 	MemoryFree     uint64
 	UtilizationPct int
 	TemperatureC   int
+	// Processes are the compute processes using the device, with the
+	// memory each holds; nil where the driver cannot say. The agent
+	// subtracts what processes it does not manage hold from its slots.
+	Processes []Process
+	// MIGEnabled is set for a device in MIG mode: its memory belongs to MIG
+	// instances, which hearth does not carve into slots.
+	MIGEnabled bool
+	// ECCUncorrected counts uncorrected ECC errors since the driver loaded
+	// (volatile counter; 0 where ECC is off or unsupported).
+	ECCUncorrected uint64
+	// Fault, when set, says why the device should take no new work (a
+	// retired-page or remapping failure pending, a critical XID event
+	// seen); "" when healthy or unknown.
+	Fault string
+}
+
+// Process is one compute process on a device.
+type Process struct {
+	PID       int
+	UsedBytes uint64
 }
 
 // Devices is a source of GPU readings: NVML on a real host, a configured

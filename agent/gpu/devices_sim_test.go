@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -29,7 +30,7 @@ func TestSimulatedInventory(t *testing.T) {
 			t.Fatalf("Devices() = %d devices, want %d", len(got), len(want))
 		}
 		for i := range want {
-			if got[i] != want[i] {
+			if !reflect.DeepEqual(got[i], want[i]) {
 				t.Errorf("round %d device %d = %+v, want %+v", round, i, got[i], want[i])
 			}
 		}

@@ -14,6 +14,32 @@
 //     names and sizes are whatever the config says, usage and sensors read as
 //     zero, and nothing is ever actually allocated on a device.
 //
+// An NVML reading always has identity and memory; without them the device
+// is an error. Everything else is optional: each function is looked up in the
+// driver at init (calling one an older driver lacks would abort the process)
+// and, when it is absent or the board answers NOT_SUPPORTED, no permission or
+// any other failure, the field keeps its zero value and the device is still
+// reported:
+//
+//   - utilization and temperature;
+//   - Processes, the compute processes and the memory each holds
+//     (nvmlDeviceGetComputeRunningProcesses, newest version the driver has);
+//     memory the driver cannot attribute, under MIG or for another user's
+//     process, reads as 0 with the PID kept;
+//   - MIGEnabled, the current (not pending) MIG mode;
+//   - ECCUncorrected, the volatile uncorrected ECC count;
+//   - Fault, a reason the device should take no new work: retired pages
+//     pending, a row remapping pending or failed, and the last critical XID
+//     (48, 63, 64, 74, 79, 92, 94, 95) the driver reported. XIDs arrive
+//     through an NVML event set registered once at init and drained without
+//     waiting on each reading; a seen XID stays until the agent restarts,
+//     since NVML sends nothing when the condition clears.
+//
+// A GPU that has fallen off the bus (GPU_IS_LOST from any call) fails the
+// whole reading with an error wrapping ErrGPULost, so the agent reports
+// itself degraded instead of placing work around a dead device. Simulated
+// devices report all of these as zero.
+//
 // Detect is the factory the agent calls at start: it tries NVML and, when
 // that fails for any reason, logs a warning that says why and that the
 // simulated inventory is in use, then returns it. It never fails, so an agent

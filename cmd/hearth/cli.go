@@ -249,7 +249,15 @@ func runHost(args []string, stdout, stderr io.Writer) error {
 		gossipState := cmp.Or(h.Gossip, "-")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", h.ID, h.Status, h.DeviceKind, len(h.GPUs), slots, busy, resident, len(h.Cache), last, gossipState)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.DegradedReason != "" {
+			fmt.Fprintf(stdout, "%s is degraded: %s\n", h.ID, h.DegradedReason)
+		}
+	}
+	return nil
 }
 
 func printJSON(w io.Writer, v any) error {

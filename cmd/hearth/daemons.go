@@ -13,6 +13,7 @@ import (
 
 	"github.com/hearth-gpu/hearth/agent"
 	"github.com/hearth-gpu/hearth/agent/gpu"
+	"github.com/hearth-gpu/hearth/agent/runner"
 	"github.com/hearth-gpu/hearth/coordinator"
 )
 
@@ -150,7 +151,13 @@ func runAgent(args []string, stderr io.Writer) error {
 	reserve := fs.String("reserve", "2GiB", "VRAM held back on every GPU")
 	cacheMax := fs.String("cache-max", "0", "disk cache budget (0: unlimited)")
 	fs.IntVar(&cfg.MaxSlotsPerGPU, "max-slots", 0, "cap on slots per GPU (0: as many as fit)")
+	fs.StringVar(&cfg.Runner, "runner", cfg.Runner, "what runs workflow jobs in each slot: worker (a process speaking the worker protocol) or comfyui (one ComfyUI server per slot)")
 	worker := fs.String("worker", "", "worker command line (default: the built-in reference worker)")
+	comfyCmd := fs.String("comfyui-command", "", "command line that starts one ComfyUI server, with {host} {port} {gpu} {extra_model_paths} {output_dir} filled in per slot (default: python3 main.py with those flags, run in --comfyui-dir)")
+	fs.StringVar(&cfg.ComfyUI.Dir, "comfyui-dir", "", "directory the ComfyUI servers start in (a ComfyUI checkout)")
+	comfyURLs := fs.String("comfyui-url", "", "attach to running ComfyUI servers instead of starting them: one URL per slot, comma-separated, in GPU/slot order")
+	fs.DurationVar(&cfg.ComfyUI.StartTimeout, "comfyui-start-timeout", runner.DefaultComfyUIStartTimeout, "how long a starting ComfyUI server may take to answer")
+	fs.IntVar(&cfg.GPUTempMaxC, "gpu-temp-max", cfg.GPUTempMaxC, "GPU temperature in °C above which the host takes no new jobs until it cools (-1: no limit)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -208,6 +215,13 @@ func runAgent(args []string, stderr io.Writer) error {
 	cfg.CacheMaxBytes = int64(cm)
 	if *worker != "" {
 		cfg.WorkerCommand = strings.Fields(*worker)
+	}
+	if *comfyCmd != "" {
+		cfg.ComfyUI.Command = strings.Fields(*comfyCmd)
+	}
+	cfg.ComfyUI.URLs = splitList(*comfyURLs)
+	if cfg.Runner != agent.RunnerComfyUI && (*comfyCmd != "" || len(cfg.ComfyUI.URLs) > 0 || cfg.ComfyUI.Dir != "") {
+		return usagef("--comfyui-command, --comfyui-dir and --comfyui-url need --runner comfyui")
 	}
 	if cfg.Logger, err = newLogger(stderr, *logLevel); err != nil {
 		return err

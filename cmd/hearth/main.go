@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/hearth-gpu/hearth/agent/runner/refworker"
+	"github.com/hearth-gpu/hearth/internal/comfyuistandin"
 )
 
 const usage = `hearth runs GPU model jobs where their models are already warm.
@@ -92,6 +93,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// The reference worker the agent starts per slot (hidden: it speaks
 		// the worker protocol on stdin/stdout, not to people).
 		return refworker.Main(os.Stdin, stdout, stderr, rest)
+	case "comfyui-standin":
+		// The stand-in ComfyUI server (hidden: for the demo and for trying
+		// the comfyui runner where ComfyUI itself cannot run).
+		return comfyuistandin.Main(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "hearth", version)
 		return 0

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -137,5 +138,32 @@ func TestClientCommandsAgainstACluster(t *testing.T) {
 	// A server-side refusal is exit 1 with the API's message, not a usage error.
 	if code, _, stderr := runCLI("job", "get", "nope", "--addr", addr); code != 1 || !strings.Contains(stderr, "job_not_found") {
 		t.Fatalf("job get nope: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestDemoRunsWithEitherRunner runs `hearth demo` as a process, once with
+// the reference worker and once with the comfyui runner against stand-in
+// ComfyUI servers that the agent starts and supervises: every workflow
+// must succeed with outputs, and every repeat find its models in vram.
+func TestDemoRunsWithEitherRunner(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster and its workers as processes")
+	}
+	for _, r := range []string{"worker", "comfyui"} {
+		t.Run(r, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "demo", "--runner", r)
+			cmd.Env = append(os.Environ(), asHearthEnv+"=1")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("hearth demo --runner %s: %v\n%s", r, err, out)
+			}
+			for _, want := range []string{"every repeated workflow found its models resident in vram", "6 jobs in"} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("demo output lacks %q:\n%s", want, out)
+				}
+			}
+		})
 	}
 }

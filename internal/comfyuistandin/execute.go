@@ -364,6 +364,15 @@ func nodeKey(n node) string {
 func (s *Server) runNode(p *prompt, id string, n node, progress func(v, max int), digests []string) (map[string]any, []string, error) {
 	switch {
 	case n.ClassType == "StandinCrash":
+		// With a "once" path, only the first execution crashes: it leaves
+		// the file behind, and later ones pass, as a retried job would.
+		if once, ok := stringInput(n, "once"); ok && once != "" {
+			f, err := os.OpenFile(once, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+			if err != nil {
+				return nil, nil, nil
+			}
+			f.Close()
+		}
 		s.log.Warn("comfyuistandin: StandinCrash node: exiting")
 		s.cfg.Exit(70)
 		return nil, nil, &nodeFailure{node: id, classType: n.ClassType, typ: "SystemExit", msg: "crashed"}

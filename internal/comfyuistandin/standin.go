@@ -40,8 +40,9 @@
 // weights: this is a double of ComfyUI's API, not of its models.
 //
 // Two node types exist only here, for fault tests: StandinCrash ends the
-// process (exit status 70) when it executes, and StandinFail raises an
-// execution_error. GET /standin/loaded, also stand-in only, lists the models
+// process (exit status 70) when it executes (with input "once" naming a
+// file, only when it creates that file: the first time), and StandinFail
+// raises an execution_error. GET /standin/loaded, also stand-in only, lists the models
 // it holds, so a test can check that /free unloaded them.
 //
 // The stand-in runs in-process (Start) or as its own process, taking
