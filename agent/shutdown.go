@@ -101,8 +101,10 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 		a.log.Info("shutting down: taking no new jobs", "running", a.activeJobs(), "timeout", a.cfg.ShutdownTimeout)
 	}
 	a.life.deregister.Store(true)
+	// The coordinator hears that nothing new should come before the queued
+	// jobs are handed back, so it does not place them here again.
+	a.sendHeartbeat()
 	a.handBackQueued()
-	a.poke() // the coordinator learns now that nothing new should come
 	if a.cfg.ShutdownTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, a.cfg.ShutdownTimeout)
