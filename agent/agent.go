@@ -56,6 +56,7 @@ type Agent struct {
 
 	mu   sync.Mutex
 	jobs map[string]*jobRun // live assignments by job id
+	life lifecycle          // registration, shutdown, liveness (shutdown.go)
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -119,6 +120,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.Close()
 		return nil, err
 	}
+	a.life.markRegistered()
 	for _, sl := range a.slots {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); sl.loop(a.ctx) }()
@@ -230,6 +232,7 @@ func (a *Agent) Heartbeat() proto.Heartbeat {
 	}
 	b.Cache = a.cacheInventory()
 	b.Degraded = a.Degraded()
+	b.Draining = a.life.leaving.Load()
 	b.GPUs = a.GPUStates()
 	return b
 }
@@ -238,6 +241,7 @@ func (a *Agent) heartbeatLoop() {
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
+		a.life.markTick()
 		a.updateHealth()
 		a.sendHeartbeat()
 		a.publishInventory()
@@ -250,7 +254,7 @@ func (a *Agent) heartbeatLoop() {
 }
 
 func (a *Agent) sendHeartbeat() {
-	ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(a.ctx, heartbeatTimeout)
 	defer cancel()
 	err := a.api.Heartbeat(ctx, a.Heartbeat())
 	if client.IsCode(err, "host_not_registered") {
@@ -260,7 +264,9 @@ func (a *Agent) sendHeartbeat() {
 			err = a.api.Heartbeat(ctx, a.Heartbeat())
 		}
 	}
-	if err != nil && a.ctx.Err() == nil {
+	if err == nil {
+		a.life.markContact()
+	} else if a.ctx.Err() == nil {
 		a.log.Warn("heartbeat failed", "err", err)
 	}
 }
@@ -284,6 +290,7 @@ func (a *Agent) close() error {
 		a.cancel()
 	}
 	a.wg.Wait()
+	a.deregisterIfLeaving()
 	var errs []error
 	for _, sl := range a.slots {
 		errs = append(errs, sl.close())

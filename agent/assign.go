@@ -42,6 +42,7 @@ func (a *Agent) pollLoop() {
 			index = 0
 			continue
 		}
+		a.life.markContact()
 		backoff = 100 * time.Millisecond
 		index = as.Index
 		a.reconcile(as.Assignments)
@@ -68,6 +69,11 @@ func (a *Agent) reconcile(list []proto.Assignment) {
 	}
 	for _, as := range list {
 		if _, ok := a.jobs[as.JobID]; ok || as.Cancel {
+			continue
+		}
+		if a.life.leaving.Load() {
+			// Placed before the coordinator heard this host is leaving.
+			a.handBackLocked(as)
 			continue
 		}
 		sl := a.slotAt(as.GPU, as.Slot)

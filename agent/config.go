@@ -110,6 +110,9 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// PollWait is the long-poll duration for assignments (default 30 s).
 	PollWait time.Duration
+	// ShutdownTimeout is how long Shutdown lets running jobs finish before
+	// it cancels them (default 5 min; the coordinator requeues those).
+	ShutdownTimeout time.Duration
 	// Bandwidth is bytes/s per tier reported to the scheduler; missing tiers
 	// use the coordinator's defaults.
 	Bandwidth map[proto.Tier]float64
@@ -155,6 +158,7 @@ func DefaultConfig() Config {
 		GPUTempHysteresisC: 5,
 		HeartbeatInterval:  2 * time.Second,
 		PollWait:           30 * time.Second,
+		ShutdownTimeout:    5 * time.Minute,
 	}
 }
 
@@ -195,6 +199,9 @@ func ValidateConfig(c *Config) error {
 	default:
 		errs = append(errs, fmt.Errorf("agent: config: runner %q must be %q or %q", c.Runner, RunnerWorker, RunnerComfyUI))
 	}
+	if c.ShutdownTimeout < 0 {
+		errs = append(errs, errors.New("agent: config: shutdown_timeout must not be negative"))
+	}
 	if c.GPUTempHysteresisC < 0 {
 		errs = append(errs, errors.New("agent: config: gpu_temp_hysteresis must not be negative"))
 	}
@@ -210,6 +217,7 @@ func (c *Config) fillDefaults() error {
 	}
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, d.HeartbeatInterval)
 	c.PollWait = cmp.Or(c.PollWait, d.PollWait)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, d.ShutdownTimeout)
 	c.ResultsURLExpiry = cmp.Or(c.ResultsURLExpiry, maxPresignExpiry)
 	if c.Addr == "" && c.HTTPAddr != "" {
 		c.Addr = c.HTTPAddr

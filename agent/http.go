@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/hearth-gpu/hearth/proto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -43,13 +44,16 @@ func (a *Agent) serveHTTP(addr string) (*httpServer, error) {
 			case "/metrics":
 				metrics(ctx)
 			case "/healthz":
+				// Liveness: the process serves HTTP.
 				ctx.SetContentType("application/json")
 				b, _ := json.Marshal(map[string]any{"status": "ok", "host_id": a.cfg.HostID, "version": Version})
 				ctx.SetBody(b)
+			case "/readyz":
+				a.serveReady(ctx)
 			default:
 				ctx.SetStatusCode(fasthttp.StatusNotFound)
 				ctx.SetContentType("application/json")
-				ctx.SetBodyString(`{"error":{"code":"not_found","message":"no such route on the agent: try /metrics, /healthz or /v1/blobs/{digest}"}}`)
+				ctx.SetBodyString(`{"error":{"code":"not_found","message":"no such route on the agent: try /metrics, /healthz, /readyz or /v1/blobs/{digest}"}}`)
 			}
 		},
 	}
@@ -71,4 +75,20 @@ func (h *httpServer) close() error {
 		return err
 	}
 	return <-h.done
+}
+
+// serveReady answers /readyz: 200 once the agent is registered and reaches
+// a coordinator, 503 with the reason while it starts, shuts down or has
+// lost the coordinators.
+func (a *Agent) serveReady(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	code, err := a.readiness()
+	if err != nil {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		b, _ := json.Marshal(proto.APIError{Error: proto.ErrorBody{Code: code, Message: err.Error()}})
+		ctx.SetBody(b)
+		return
+	}
+	b, _ := json.Marshal(map[string]any{"status": "ready", "host_id": a.cfg.HostID, "coordinator": a.api.Base(), "version": Version})
+	ctx.SetBody(b)
 }

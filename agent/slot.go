@@ -53,11 +53,14 @@ func (s *slot) enqueue(j *jobRun) {
 	}
 }
 
-// remove drops a queued (not yet running) job.
-func (s *slot) remove(j *jobRun) {
+// remove drops a queued (not yet running) job and reports whether it was
+// still queued.
+func (s *slot) remove(j *jobRun) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.queue)
 	s.queue = slices.DeleteFunc(s.queue, func(x *jobRun) bool { return x == j })
-	s.mu.Unlock()
+	return len(s.queue) < n
 }
 
 func (s *slot) loop(ctx context.Context) {

@@ -328,3 +328,25 @@ func (c *Client) Report(ctx context.Context, r proto.JobReport) error {
 	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/report", r, nil)
 	return err
 }
+
+// Host returns one host with its live state.
+func (c *Client) Host(ctx context.Context, id string) (*proto.HostView, error) {
+	var out proto.HostView
+	_, err := c.Do(ctx, http.MethodGet, "/v1/hosts/"+url.PathEscape(id), nil, &out)
+	return &out, err
+}
+
+// DrainHost sets (drain) or clears an operator's drain of a host and
+// returns the host as it is then.
+func (c *Client) DrainHost(ctx context.Context, id string, drain bool) (*proto.HostView, error) {
+	var out proto.HostView
+	_, err := c.Do(ctx, http.MethodPost, "/v1/hosts/"+url.PathEscape(id)+"/drain", proto.DrainRequest{Drain: &drain}, &out)
+	return &out, err
+}
+
+// Deregister tells the coordinator the agent's host is leaving, so it is
+// marked down now rather than after the heartbeat grace.
+func (c *Client) Deregister(ctx context.Context, hostID, reason string) error {
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/deregister", proto.Deregistration{Proto: proto.Version, HostID: hostID, Reason: reason}, nil)
+	return err
+}

@@ -80,6 +80,8 @@ func (s *Server) newHTTPServer() *fasthttp.Server {
 	route("GET", "/v1/jobs/{id}/events", ScopeRead, onAnyNode, s.handleJobEvents)
 	route("GET", "/v1/events", ScopeRead, onAnyNode, s.handleAllEvents)
 	api("GET", "/v1/hosts", ScopeRead, onLeader, s.handleListHosts)
+	api("GET", "/v1/hosts/{id}", ScopeRead, onLeader, s.handleGetHost)
+	api("POST", "/v1/hosts/{id}/drain", ScopeAdmin, onLeader, s.handleDrain)
 	api("GET", "/v1/models", ScopeRead, onLeader, s.handleListModels)
 	api("GET", "/v1/models/{name:*}", ScopeRead, onLeader, s.handleGetModel)
 	api("PUT", "/v1/models/{name:*}", ScopeAdmin, onLeader, s.handlePutModel)
@@ -92,6 +94,7 @@ func (s *Server) newHTTPServer() *fasthttp.Server {
 	api("POST", "/v1/agent/heartbeat", ScopeAgent, onLeader, s.handleHeartbeat)
 	api("GET", "/v1/agent/assignments", ScopeAgent, onLeader, s.handleAssignments)
 	api("POST", "/v1/agent/report", ScopeAgent, onLeader, s.handleReport)
+	api("POST", "/v1/agent/deregister", ScopeAgent, onLeader, s.handleDeregister)
 	healthScope, metricsScope := scopeNone, scopeNone
 	if !s.cfg.OpenHealth {
 		healthScope = ScopeRead
@@ -181,9 +184,10 @@ func (s *Server) handleListJobs(ctx *fasthttp.RequestCtx) (int, any, error) {
 func (s *Server) handleListHosts(*fasthttp.RequestCtx) (int, any, error) {
 	hosts := s.fsm.Hosts()
 	states := s.gossipStates()
+	active := s.fsm.ActiveJobsByHost()
 	out := make([]proto.HostView, 0, len(hosts))
 	for _, h := range hosts {
-		v := s.hostView(h)
+		v := s.hostView(h, active[h.ID])
 		v.Gossip = states[h.ID]
 		out = append(out, v)
 	}

@@ -217,6 +217,16 @@ func TestClusterFollowerForwardsWrites(t *testing.T) {
 	if err != nil || got.ID != j.ID {
 		t.Fatalf("read through follower: %v %+v", err, got)
 	}
+	// An operator's drain through a follower lands in the leader's state.
+	if err := tc.api[f].Register(ctx, proto.Host{ID: "h1", GPUs: twoSlotGPU}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := tc.api[f].DrainHost(ctx, "h1", true); err != nil || !v.Drain {
+		t.Fatalf("drain through follower: %+v, %v", v, err)
+	}
+	if h, ok := tc.nodes[l].FSM().Host("h1"); !ok || !h.Drain {
+		t.Fatalf("leader's record of h1 after a drain through a follower: %+v", h)
+	}
 	// A stale read is served by the follower itself, from what it applied.
 	tc.waitConverged()
 	var stale proto.Job

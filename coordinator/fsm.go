@@ -180,6 +180,11 @@ func (f *FSM) apply(index uint64, cmd proto.Command) any {
 		h := c.Host
 		h.Index = index
 		h.DownAt, h.DownReason = nil, ""
+		h.Drain, h.DrainSince = false, nil
+		if old, ok := f.hosts[h.ID]; ok {
+			// An operator's drain outlasts the agent's restarts.
+			h.Drain, h.DrainSince = old.Drain, old.DrainSince
+		}
 		f.hosts[h.ID] = &h
 		return &h
 	case *proto.PlaceJob:
@@ -206,6 +211,8 @@ func (f *FSM) apply(index uint64, cmd proto.Command) any {
 		return f.applyTimeouts(index, c)
 	case *proto.WebhookResults:
 		return f.applyWebhookResults(index, c)
+	case *proto.DrainHost:
+		return f.applyDrain(index, c)
 	case *proto.SetCoordinator:
 		co := c.Coordinator
 		f.coords[co.ID] = &co

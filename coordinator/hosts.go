@@ -42,9 +42,10 @@ func (h *liveHosts) get(id string, grace time.Duration) (proto.Heartbeat, time.T
 	return l.beat, l.at, h.now().Sub(l.at) <= grace
 }
 
-// view combines a registration with its live state for the API.
-func (s *Server) hostView(h *proto.Host) proto.HostView {
-	v := proto.HostView{Host: *h, Status: proto.HostDown, Slots: []proto.SlotState{}, Cache: []proto.CachedBlob{}}
+// view combines a registration with its live state for the API; active
+// is how many jobs are placed on the host and not finished.
+func (s *Server) hostView(h *proto.Host, active int) proto.HostView {
+	v := proto.HostView{Host: *h, Status: proto.HostDown, Slots: []proto.SlotState{}, Cache: []proto.CachedBlob{}, ActiveJobs: active}
 	beat, at, alive := s.hosts.get(h.ID, s.cfg.HeartbeatGrace)
 	if !at.IsZero() {
 		v.LastHeartbeat = &at
@@ -54,8 +55,12 @@ func (s *Server) hostView(h *proto.Host) proto.HostView {
 	case h.DownAt != nil:
 		// Marked down in the log (its jobs were requeued) until it
 		// registers again, whatever its last beat says.
-	case alive && beat.Draining:
+	case alive && (h.Drain || beat.Draining):
+		// An operator's drain, or an agent that is shutting down.
 		v.Status = proto.HostDraining
+		if active == 0 {
+			v.Status = proto.HostDrained
+		}
 	case alive && beat.Degraded != "":
 		v.Status = proto.HostDegraded
 		v.DegradedReason = beat.Degraded

@@ -42,7 +42,7 @@ type scheduler struct {
 func (sc *scheduler) anyHostUp() bool {
 	for _, h := range sc.s.fsm.Hosts() {
 		beat, _, alive := sc.s.hosts.get(h.ID, sc.s.cfg.HeartbeatGrace)
-		if alive && !beat.Draining && beat.Degraded == "" && h.DownAt == nil {
+		if alive && !beat.Draining && !h.Drain && beat.Degraded == "" && h.DownAt == nil {
 			return true
 		}
 	}
@@ -78,7 +78,7 @@ func (sc *scheduler) observe(cmd proto.Command, res any) {
 				sc.s.metrics.observePlacement(r.Job.Placement)
 			}
 		}
-	case *proto.SubmitJobs, *proto.RetryJob, *proto.MarkHostDown:
+	case *proto.SubmitJobs, *proto.RetryJob, *proto.MarkHostDown, *proto.DrainHost:
 		sc.poke()
 	case *proto.ReportJob:
 		if c.Report.State.Terminal() {
@@ -239,7 +239,7 @@ func (sc *scheduler) slotViews(active []*proto.Job) []*slotView {
 				holders[b.Digest] = append(holders[b.Digest], h)
 			}
 		}
-		if beat.Draining || beat.Degraded != "" {
+		if beat.Draining || h.Drain || beat.Degraded != "" {
 			continue
 		}
 		cache := make(map[proto.Digest]proto.Tier, len(beat.Cache))

@@ -277,8 +277,8 @@ func TestSchedulerSkipsDrainingHost(t *testing.T) {
 		}
 	}
 	hosts, err := api.Hosts(context.Background())
-	if err != nil || len(hosts) != 2 || hosts[0].ID != "h1" || hosts[0].Status != proto.HostDraining {
-		t.Fatalf("hosts %+v, %v; want h1 listed as draining", hosts, err)
+	if err != nil || len(hosts) != 2 || hosts[0].ID != "h1" || hosts[0].Status != proto.HostDrained {
+		t.Fatalf("hosts %+v, %v; want h1 listed as drained (draining, no job left)", hosts, err)
 	}
 }
 

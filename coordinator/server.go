@@ -45,6 +45,8 @@ type Server struct {
 	// of earlier terms (its barrier returned): only then is its state
 	// complete enough to read and schedule from.
 	leaderReady atomic.Bool
+	// leaderSeen is when Healthy last saw a leader (unix ns; 0: never).
+	leaderSeen atomic.Int64
 
 	ctx    context.Context
 	cancel context.CancelFunc

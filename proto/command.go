@@ -28,6 +28,7 @@ const (
 	CmdWebhookResults CommandType = 11 // record webhook delivery attempts
 	CmdSetCoordinator CommandType = 12 // record a coordinator node's addresses
 	CmdPlaceJobs      CommandType = 13 // record a scheduling pass's placements
+	CmdDrainHost      CommandType = 14 // set or clear an operator's drain of a host
 )
 
 // commandTypes maps each type to its name and a constructor for its body.
@@ -48,10 +49,11 @@ var commandTypes = map[CommandType]struct {
 	CmdWebhookResults: {"webhook-results", func() Command { return &WebhookResults{} }},
 	CmdSetCoordinator: {"set-coordinator", func() Command { return &SetCoordinator{} }},
 	CmdPlaceJobs:      {"place-jobs", func() Command { return &PlaceJobs{} }},
+	CmdDrainHost:      {"drain-host", func() Command { return &DrainHost{} }},
 }
 
 // maxCommandType is the highest type this build knows.
-const maxCommandType = CmdPlaceJobs
+const maxCommandType = CmdDrainHost
 
 func (t CommandType) String() string {
 	if ct, ok := commandTypes[t]; ok {
@@ -211,6 +213,16 @@ type PlaceJobs struct {
 	Items []PlaceJob `json:"items"`
 }
 
+// DrainHost sets (Drain) or clears an operator's drain of a host: a
+// draining host takes no new placements, and its placed and running jobs
+// go on. The mark is part of the host's record, so it outlasts the agent's
+// restarts and re-registrations until it is cleared.
+type DrainHost struct {
+	HostID string    `json:"host_id"`
+	Drain  bool      `json:"drain"`
+	Time   time.Time `json:"time"`
+}
+
 func (*PutModel) CommandType() CommandType       { return CmdPutModel }
 func (*SubmitJobs) CommandType() CommandType     { return CmdSubmitJobs }
 func (*CancelJob) CommandType() CommandType      { return CmdCancelJob }
@@ -224,6 +236,7 @@ func (*SubmitJob) CommandType() CommandType      { return CmdSubmitJob }
 func (*RegisterHost) CommandType() CommandType   { return CmdRegisterHost }
 func (*PlaceJob) CommandType() CommandType       { return CmdPlaceJob }
 func (*ReportJob) CommandType() CommandType      { return CmdReportJob }
+func (*DrainHost) CommandType() CommandType      { return CmdDrainHost }
 
 // newCommand returns an empty body for t, or nil if t is unknown.
 func newCommand(t CommandType) Command {

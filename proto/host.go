@@ -13,6 +13,10 @@ const (
 	// NVML error, a device gone): they take no new placements until it
 	// clears, and their running jobs go on.
 	HostDegraded HostStatus = "degraded"
+	// HostDrained hosts are draining (they take no new placements) and
+	// have no placed or running job left: they can be stopped without
+	// losing work.
+	HostDrained HostStatus = "drained"
 )
 
 // GPU describes one device and how the agent carved it into slots.
@@ -45,6 +49,11 @@ type Host struct {
 	// missed heartbeats past the grace); its next registration clears it.
 	DownAt     *time.Time `json:"down_at,omitempty"`
 	DownReason string     `json:"down_reason,omitempty"`
+	// Drain is set by an operator (POST /v1/hosts/{id}/drain): the host
+	// takes no new placements until the drain is cleared. It survives the
+	// agent's restarts and re-registrations, as DrainSince does.
+	Drain      bool       `json:"drain,omitempty"`
+	DrainSince *time.Time `json:"drain_since,omitempty"`
 	// PeerFetch is set by a host that is in the gossip pool and fetches
 	// models from, and serves them to, other hosts; the scheduler counts
 	// the peer tiers only between such hosts.
@@ -123,7 +132,10 @@ type Heartbeat struct {
 	Slots  []SlotState  `json:"slots"`
 	Cache  []CachedBlob `json:"cache"`
 	GPUs   []GPUState   `json:"gpus,omitempty"`
-	// Draining hosts take no new placements.
+	// Draining hosts take no new placements. An agent that is shutting
+	// down sets it, so nothing new lands there while its running jobs
+	// finish; unlike an operator's drain (Host.Drain) it lasts only as
+	// long as that agent process.
 	Draining bool `json:"draining,omitempty"`
 	// Degraded, when set, says why the host takes no new placements now
 	// (GPU over its temperature limit, NVML failing, a device gone); it
@@ -141,6 +153,9 @@ type HostView struct {
 	Slots          []SlotState  `json:"slots"`
 	Cache          []CachedBlob `json:"cache"`
 	GPUStates      []GPUState   `json:"gpu_states,omitempty"`
+	// ActiveJobs counts the jobs placed on the host and not yet finished:
+	// a draining host is drained once it reaches 0.
+	ActiveJobs int `json:"active_jobs"`
 }
 
 // Registration is the body an agent sends when it starts.
@@ -201,4 +216,20 @@ type ErrorBody struct {
 	// Leader is the HTTP address of the Raft leader, when a node that cannot
 	// serve a write knows it: a hint where to retry.
 	Leader string `json:"leader,omitempty"`
+}
+
+// Deregistration is the body an agent sends when it stops on purpose: the
+// coordinator marks the host down at once (requeueing whatever it still
+// had) instead of waiting out the heartbeat grace. The agent's next
+// registration brings the host back.
+type Deregistration struct {
+	Proto  int    `json:"proto"`
+	HostID string `json:"host_id"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// DrainRequest is the optional body of POST /v1/hosts/{id}/drain; Drain
+// defaults to true, and false makes the host eligible again.
+type DrainRequest struct {
+	Drain *bool `json:"drain,omitempty"`
 }

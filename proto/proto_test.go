@@ -84,6 +84,7 @@ func sampleCommands() []Command {
 		&WebhookResults{Results: []WebhookResult{{JobID: "j1", DeliveryID: "msg_j1_9", Attempt: 2, Status: 500, Error: "500", NextAt: now, Time: now}}},
 		&SetCoordinator{Coordinator: Coordinator{ID: "c1", HTTPAddr: "10.0.0.1:7700", RaftAddr: "10.0.0.1:7701"}},
 		&PlaceJobs{Items: []PlaceJob{{JobID: "j1", Placement: Placement{Host: "h1"}}}},
+		&DrainHost{HostID: "h1", Drain: true, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
 	}
 }
 
@@ -174,7 +175,7 @@ func TestCommandTypesAreStable(t *testing.T) {
 	// replay. Append new types, never renumber.
 	want := map[CommandType]uint64{CmdPutModel: 1, CmdSubmitJob: 2, CmdRegisterHost: 3, CmdPlaceJob: 4, CmdReportJob: 5,
 		CmdSubmitJobs: 6, CmdCancelJob: 7, CmdRetryJob: 8, CmdMarkHostDown: 9, CmdTimeoutJobs: 10, CmdWebhookResults: 11,
-		CmdSetCoordinator: 12, CmdPlaceJobs: 13}
+		CmdSetCoordinator: 12, CmdPlaceJobs: 13, CmdDrainHost: 14}
 	for c, n := range want {
 		if uint64(c) != n {
 			t.Errorf("%v = %d, want %d", c, uint64(c), n)

@@ -220,6 +220,12 @@ func holders(d proto.Digest, hosts []proto.HostView) string {
 }
 
 func runHost(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "drain" {
+		return runHostDrain(args[1:], stdout, stderr)
+	}
+	if len(args) == 0 || args[0] != "ls" {
+		return usagef("host needs a subcommand: ls, or drain ID")
+	}
 	api, ctx, cancel, err := lsClient("host", args, stderr)
 	if err != nil {
 		return err
@@ -255,6 +261,9 @@ func runHost(args []string, stdout, stderr io.Writer) error {
 	for _, h := range hosts {
 		if h.DegradedReason != "" {
 			fmt.Fprintf(stdout, "%s is degraded: %s\n", h.ID, h.DegradedReason)
+		}
+		if h.Drain && h.DrainSince != nil {
+			fmt.Fprintf(stdout, "%s: drain set by an operator at %s, %s\n", h.ID, h.DrainSince.Format(time.RFC3339), jobsLeft(&h))
 		}
 	}
 	return nil

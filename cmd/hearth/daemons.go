@@ -15,6 +15,7 @@ import (
 	"github.com/hearth-gpu/hearth/agent/gpu"
 	"github.com/hearth-gpu/hearth/agent/runner"
 	"github.com/hearth-gpu/hearth/coordinator"
+	"github.com/hearth-gpu/hearth/internal/sdnotify"
 )
 
 func signalContext() (context.Context, context.CancelFunc) {
@@ -87,7 +88,13 @@ func runCoordinator(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signalContext()
 	defer stop()
+	// HTTP listens and Raft runs once New returns.
+	sdnotify.Ready("serving on " + srv.URL())
+	wctx, wstop := context.WithCancel(context.Background())
+	defer wstop()
+	go sdnotify.Watchdog(wctx, cfg.Logger, srv.Healthy)
 	<-ctx.Done()
+	sdnotify.Stopping("shutting down")
 	cfg.Logger.Info("shutting down")
 	return srv.Close()
 }
@@ -158,6 +165,7 @@ func runAgent(args []string, stderr io.Writer) error {
 	comfyURLs := fs.String("comfyui-url", "", "attach to running ComfyUI servers instead of starting them: one URL per slot, comma-separated, in GPU/slot order")
 	fs.DurationVar(&cfg.ComfyUI.StartTimeout, "comfyui-start-timeout", runner.DefaultComfyUIStartTimeout, "how long a starting ComfyUI server may take to answer")
 	fs.IntVar(&cfg.GPUTempMaxC, "gpu-temp-max", cfg.GPUTempMaxC, "GPU temperature in °C above which the host takes no new jobs until it cools (-1: no limit)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "on SIGTERM or SIGINT, how long running jobs may go on before they are cancelled and requeued elsewhere (a second signal stops at once)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -240,9 +248,20 @@ func runAgent(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Registered, and serving HTTP when configured to.
+	sdnotify.Ready("registered with " + cfg.CoordinatorURL)
+	wctx, wstop := context.WithCancel(context.Background())
+	defer wstop()
+	go sdnotify.Watchdog(wctx, cfg.Logger, a.Healthy)
 	<-ctx.Done()
-	cfg.Logger.Info("shutting down")
-	return a.Close()
+	// A second signal ends the wait for running jobs at once; watch for it
+	// before letting go of the first, so none slips through to the default
+	// action (which would leave workers behind and skip deregistering).
+	again, stopAgain := signalContext()
+	defer stopAgain()
+	stop()
+	sdnotify.Stopping(fmt.Sprintf("shutting down: waiting up to %s for running jobs", cfg.ShutdownTimeout))
+	return a.Shutdown(again)
 }
 
 // parseBytes reads sizes like 512, 16MiB, 24GiB, 1.5GB.

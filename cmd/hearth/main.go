@@ -36,6 +36,8 @@ Client (talk to --addr, default $HEARTH_ADDR or http://127.0.0.1:7700):
   model ls                   list the model catalog and which hosts hold each model, in which tier
   model push FILE --name N   upload a model to the origin and register it in the catalog
   host ls                    list hosts and their slots
+  host drain ID [--wait]     place nothing new on a host; --wait until its jobs are done
+  host drain --disable ID    make a drained host eligible again
   operator raft peers        list the coordinators' Raft voters
   operator raft remove-peer ID   remove a coordinator from the Raft group
   bench submit               measure job acceptance on a loopback cluster

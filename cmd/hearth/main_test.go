@@ -59,6 +59,11 @@ func TestUsageErrorsExitTwoWithASentence(t *testing.T) {
 		{[]string{"job", "ls", "--no-such-flag"}, "flag provided but not defined"},
 		{[]string{"model"}, "model needs a subcommand"},
 		{[]string{"host", "rm"}, "host needs a subcommand"},
+		{[]string{"host", "drain"}, "needs one host ID"},
+		{[]string{"host", "drain", "a", "b"}, "needs one host ID"},
+		{[]string{"host", "drain", "--disable", "--wait", "h1"}, "nothing to --wait for"},
+		{[]string{"host", "drain", "h1", "--timeout", "soon"}, "invalid value"},
+		{[]string{"host", "drain", "h1", "--timeout", "0s"}, "--timeout must be positive"},
 		{[]string{"dev", "extra"}, "takes no arguments"},
 		{[]string{"coordinator", "--data-dir", "x", "--log-level", "loud"}, "log level"},
 	}
