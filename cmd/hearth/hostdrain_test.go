@@ -2,17 +2,13 @@ package main
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hearth-gpu/hearth/agent/runner/refworker"
 	"github.com/hearth-gpu/hearth/client"
-	"github.com/hearth-gpu/hearth/internal/devcluster"
 	"github.com/hearth-gpu/hearth/proto"
 )
 
@@ -38,16 +34,7 @@ func waitState(t *testing.T, ctx context.Context, api *client.Client, id string,
 // goes on (--wait gives up while it does, and succeeds once it ended), a
 // new job waits in the queue, and --disable lets it run.
 func TestHostDrainCommand(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := devcluster.Start(ctx, devcluster.Options{
-		DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		WorkerCommand: []string{os.Args[0]}, WorkerEnv: []string{refworker.TestChildEnv + "=1"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c := startTestCluster(t, 2*time.Minute)
 	addr, api := c.Coordinator.URL(), c.Client
 	release := filepath.Join(t.TempDir(), "release")
 	hold := &proto.JobSpec{Exec: &proto.ExecPayload{Command: []string{"sh", "-c", "while [ ! -e " + release + " ]; do sleep 0.02; done"}}}

@@ -104,9 +104,13 @@ func TestReadSpecFileWrapsBarePrompts(t *testing.T) {
 	}
 }
 
-func TestClientCommandsAgainstACluster(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+// startTestCluster starts an in-process cluster whose agent runs this test
+// binary as the reference worker, stopped when the test ends, and returns
+// a context bounding the test by d.
+func startTestCluster(t *testing.T, d time.Duration) (context.Context, *devcluster.Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
 	c, err := devcluster.Start(ctx, devcluster.Options{
 		DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		WorkerCommand: []string{os.Args[0]}, WorkerEnv: []string{refworker.TestChildEnv + "=1"},
@@ -114,7 +118,12 @@ func TestClientCommandsAgainstACluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return ctx, c
+}
+
+func TestClientCommandsAgainstACluster(t *testing.T) {
+	_, c := startTestCluster(t, time.Minute)
 	addr := c.Coordinator.URL()
 	file := filepath.Join(t.TempDir(), "upscale.json")
 	for _, wf := range examples.Workflows() {
