@@ -228,6 +228,9 @@ func runAgent(args []string, stderr io.Writer) error {
 		cfg.ComfyUI.Command = strings.Fields(*comfyCmd)
 	}
 	cfg.ComfyUI.URLs = splitList(*comfyURLs)
+	if cfg.Runner != agent.RunnerWorker && cfg.Runner != agent.RunnerComfyUI {
+		return usagef("--runner %q must be %s or %s", cfg.Runner, agent.RunnerWorker, agent.RunnerComfyUI)
+	}
 	if cfg.Runner != agent.RunnerComfyUI && (*comfyCmd != "" || len(cfg.ComfyUI.URLs) > 0 || cfg.ComfyUI.Dir != "") {
 		return usagef("--comfyui-command, --comfyui-dir and --comfyui-url need --runner comfyui")
 	}
