@@ -19,7 +19,8 @@ import (
 // the store job outputs go to. On error nothing is left open.
 func (a *Agent) openCache(ctx context.Context) (err error) {
 	cfg := a.cfg
-	if a.cache, err = cachefs.Open(cachefs.Config{Dir: cfg.cacheDir(), MaxBytes: cfg.CacheMaxBytes, Logger: a.log, Metrics: a.cacheMetrics}); err != nil {
+	if a.cache, err = cachefs.Open(cachefs.Config{Dir: cfg.cacheDir(), MaxBytes: cfg.CacheMaxBytes, Logger: a.log, Metrics: a.cacheMetrics,
+		PeerSettle: cfg.PeerSettle, PeerStall: cfg.PeerStall}); err != nil {
 		return err
 	}
 	defer func() {

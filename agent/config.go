@@ -52,6 +52,10 @@ type Config struct {
 	// (0: unlimited).
 	PeerToken           string
 	PeerRateBytesPerSec int64
+	// PeerSettle and PeerStall tune downloads shared with peers (see
+	// cachefs.Config; zero: its defaults, 500 ms and 5 s).
+	PeerSettle time.Duration
+	PeerStall  time.Duration
 	// Gossip, when Gossip.BindAddr is set, joins this host to the pool of
 	// agents and coordinators: it finds peers there, publishes what its
 	// cache holds, and fetches models from peers (which needs PeerToken)
