@@ -124,6 +124,37 @@ func (b *blobBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo sends the body in large pieces. Left to Read, fasthttp copies a
+// stream 4 KiB at a time, a read and a write per page, which held a peer
+// transfer to an eighth of what loopback TCP carries.
+func (b *blobBody) WriteTo(w io.Writer) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	var sent int64
+	for {
+		n, err := b.Read(*bp)
+		if n > 0 {
+			m, werr := w.Write((*bp)[:n])
+			sent += int64(m)
+			if werr != nil {
+				return sent, werr
+			}
+		}
+		if err == io.EOF {
+			return sent, nil
+		}
+		if err != nil {
+			return sent, err
+		}
+	}
+}
+
+// SupportsBodyWriteTo tells fasthttp to use WriteTo.
+func (b *blobBody) SupportsBodyWriteTo() bool { return true }
+
+// copyBufs holds the buffers blob bodies are sent through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
 func (b *blobBody) Close() error {
 	b.once.Do(func() { b.close(b.sent) })
 	return nil
