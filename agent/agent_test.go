@@ -41,18 +41,19 @@ func freeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-func startCoordinator(t testing.TB, httpAddr, dataDir string) *coordinator.Server {
-	cfg := coordinator.DefaultConfig()
-	cfg.DataDir, cfg.HTTPAddr, cfg.RaftAddr = dataDir, httpAddr, "127.0.0.1:0"
-	cfg.Bootstrap, cfg.RaftFastTimeouts, cfg.RaftLogLevel = true, true, "error"
-	cfg.SchedulerInterval, cfg.Logger = 50*time.Millisecond, quiet
-	s, err := coordinator.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// startCoordinator starts a one-node coordinator at httpAddr; edit, if
+// given, adjusts its config first. The caller closes it.
+func startCoordinator(t testing.TB, httpAddr, dataDir string, edit ...func(*coordinator.Config)) *coordinator.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := s.WaitLeader(ctx); err != nil {
+	s, err := devcluster.StartCoordinator(ctx, dataDir, func(c *coordinator.Config) {
+		c.HTTPAddr = httpAddr
+		for _, f := range edit {
+			f(c)
+		}
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return s

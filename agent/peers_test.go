@@ -231,21 +231,14 @@ func TestPeerDiesMidTransfer(t *testing.T) {
 // in the pool, sees the host there, and marks it down as soon as it leaves,
 // long before a minute without heartbeats would.
 func TestGossipMarksALostHostDownBeforeTheHeartbeatGrace(t *testing.T) {
-	cfg := coordinator.DefaultConfig()
-	cfg.DataDir, cfg.HTTPAddr, cfg.RaftAddr = t.TempDir(), freeAddr(t), "127.0.0.1:0"
-	cfg.Bootstrap, cfg.RaftFastTimeouts, cfg.RaftLogLevel = true, true, "error"
-	cfg.SchedulerInterval, cfg.Logger, cfg.HeartbeatGrace = 50*time.Millisecond, quiet, time.Minute
-	cfg.Gossip = &gossip.Config{BindAddr: "127.0.0.1:0", Label: "test", GossipInterval: 20 * time.Millisecond, ProbeInterval: 200 * time.Millisecond}
-	coord, err := coordinator.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	const grace = time.Minute
+	coord := startCoordinator(t, freeAddr(t), t.TempDir(), func(c *coordinator.Config) {
+		c.HeartbeatGrace = grace
+		c.Gossip = &gossip.Config{BindAddr: "127.0.0.1:0", Label: "test", GossipInterval: 20 * time.Millisecond, ProbeInterval: 200 * time.Millisecond}
+	})
 	t.Cleanup(func() { coord.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := coord.WaitLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
 	acfg := agentConfig(t, "http://"+coord.HTTPAddr(), t.TempDir())
 	acfg.HTTPAddr, acfg.Addr, acfg.PeerToken = "127.0.0.1:0", "", "pool-secret"
 	acfg.Gossip = &gossip.Config{BindAddr: "127.0.0.1:0", Label: "test", Join: []string{coord.GossipAddr()},
@@ -277,7 +270,7 @@ func TestGossipMarksALostHostDownBeforeTheHeartbeatGrace(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	h := host()
-	t.Logf("host marked down %s after it left (heartbeat grace %s): %s; gossip %s", time.Since(closed).Round(time.Millisecond), cfg.HeartbeatGrace, h.DownReason, h.Gossip)
+	t.Logf("host marked down %s after it left (heartbeat grace %s): %s; gossip %s", time.Since(closed).Round(time.Millisecond), grace, h.DownReason, h.Gossip)
 	if !strings.Contains(h.DownReason, "gossip") {
 		t.Fatalf("down reason %q does not name gossip", h.DownReason)
 	}

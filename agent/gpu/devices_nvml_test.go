@@ -98,18 +98,26 @@ func mockLib(devs []*mock.Device, missing ...string) (*mock.Interface, *int) {
 	return lib, shutdowns
 }
 
-// readOne opens lib and takes one reading of its only device.
-func readOne(t *testing.T, lib nvml.Interface) Device {
+// openAndRead opens lib and takes one reading; the caller closes it.
+func openAndRead(t *testing.T, lib nvml.Interface) (Devices, []Device) {
 	t.Helper()
 	d, err := newNVML(lib)
 	if err != nil {
 		t.Fatalf("newNVML: %v", err)
 	}
-	t.Cleanup(func() { _ = d.Close() })
 	devs, err := d.Devices()
 	if err != nil {
+		d.Close()
 		t.Fatalf("Devices(): %v", err)
 	}
+	return d, devs
+}
+
+// readOne opens lib and takes one reading of its only device.
+func readOne(t *testing.T, lib nvml.Interface) Device {
+	t.Helper()
+	d, devs := openAndRead(t, lib)
+	t.Cleanup(func() { _ = d.Close() })
 	if len(devs) != 1 {
 		t.Fatalf("Devices() = %+v, want one device", devs)
 	}
@@ -266,14 +274,7 @@ func TestNVMLHealthUnsupported(t *testing.T) {
 	events := mockEvents()
 	lib, _ := mockLib([]*mock.Device{dev})
 	lib.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return events, nvml.SUCCESS }
-	d, err := newNVML(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	devs, err := d.Devices()
-	if err != nil {
-		t.Fatalf("Devices(): %v", err)
-	}
+	d, devs := openAndRead(t, lib)
 	got := devs[0]
 	if got.Processes != nil || got.MIGEnabled || got.ECCUncorrected != 0 || got.Fault != "" || got.MemoryTotal != 16<<30 {
 		t.Fatalf("reading with nothing supported = %+v, want zero health readings", got)
@@ -454,16 +455,8 @@ func TestNVMLSensorsAreOptional(t *testing.T) {
 		}(),
 	} {
 		t.Run(name, func(t *testing.T) {
-			d, err := newNVML(lib)
-			if err != nil {
-				t.Fatal(err)
-			}
-			devs, err := d.Devices()
-			if err != nil {
-				t.Fatalf("Devices(): %v", err)
-			}
-			if len(devs) != 1 || devs[0].UtilizationPct != 0 || devs[0].MemoryTotal != 40<<30 {
-				t.Fatalf("Devices() = %+v", devs)
+			if got := readOne(t, lib); got.UtilizationPct != 0 || got.MemoryTotal != 40<<30 {
+				t.Fatalf("reading = %+v", got)
 			}
 		})
 	}

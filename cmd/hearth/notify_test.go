@@ -18,6 +18,7 @@ import (
 	"github.com/hearth-gpu/hearth/agent"
 	"github.com/hearth-gpu/hearth/agent/gpu"
 	"github.com/hearth-gpu/hearth/coordinator"
+	"github.com/hearth-gpu/hearth/internal/devcluster"
 	"github.com/hearth-gpu/hearth/internal/sdnotify"
 )
 
@@ -117,20 +118,13 @@ func stopDaemon(t *testing.T, cmd *exec.Cmd, done <-chan struct{}, lines <-chan 
 
 func startTestCoordinator(t *testing.T) *coordinator.Server {
 	t.Helper()
-	cfg := coordinator.DefaultConfig()
-	cfg.DataDir, cfg.HTTPAddr, cfg.RaftAddr = t.TempDir(), loopbackAddr(t, "127.0.0.1"), loopbackAddr(t, "127.0.0.1")
-	cfg.Bootstrap, cfg.RaftFastTimeouts, cfg.RaftLogLevel = true, true, "error"
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	s, err := coordinator.New(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := devcluster.StartCoordinator(ctx, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.WaitLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
 	return s
 }
 

@@ -82,28 +82,21 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	cc := coordinator.DefaultConfig()
-	cc.DataDir = filepath.Join(o.DataDir, "coordinator")
-	cc.HTTPAddr, cc.RaftAddr = o.HTTPAddr, o.RaftAddr
-	cc.Bootstrap = true
-	cc.RaftFastTimeouts = true
-	cc.SchedulerInterval = 200 * time.Millisecond
-	cc.Logger = o.Logger
-	if !o.Logger.Enabled(context.Background(), slog.LevelInfo) {
-		cc.RaftLogLevel = "error" // a quiet demo: the first election always "times out"
-	}
-	if o.Coordinator != nil {
-		o.Coordinator(&cc)
-	}
-	coord, err := coordinator.New(cc)
+	coord, err := StartCoordinator(ctx, filepath.Join(o.DataDir, "coordinator"), func(cc *coordinator.Config) {
+		cc.HTTPAddr, cc.RaftAddr = o.HTTPAddr, o.RaftAddr
+		cc.SchedulerInterval = 200 * time.Millisecond
+		cc.Logger = o.Logger
+		if o.Logger.Enabled(context.Background(), slog.LevelInfo) {
+			cc.RaftLogLevel = "" // the library's default
+		}
+		if o.Coordinator != nil {
+			o.Coordinator(cc)
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
 	c := &Cluster{Coordinator: coord, Client: client.New(coord.URL(), nil), OriginDir: filepath.Join(o.DataDir, "origin"), opts: o}
-	if err := coord.WaitLeader(ctx); err != nil {
-		coord.Close()
-		return nil, err
-	}
 	if err := SeedModels(ctx, c.Client, c.OriginDir, o.S3); err != nil {
 		coord.Close()
 		return nil, err
@@ -113,6 +106,30 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// StartCoordinator starts a single-voter coordinator on dataDir, on free
+// loopback ports with fast Raft timers and Raft's log quiet (the first
+// election always "times out"), and returns once it leads. edit, if set,
+// adjusts the config first. The caller closes it.
+func StartCoordinator(ctx context.Context, dataDir string, edit func(*coordinator.Config)) (*coordinator.Server, error) {
+	cc := coordinator.DefaultConfig()
+	cc.DataDir, cc.HTTPAddr, cc.RaftAddr = dataDir, "127.0.0.1:0", "127.0.0.1:0"
+	cc.Bootstrap, cc.RaftFastTimeouts, cc.RaftLogLevel = true, true, "error"
+	cc.SchedulerInterval = 50 * time.Millisecond
+	cc.Logger = slog.New(slog.DiscardHandler)
+	if edit != nil {
+		edit(&cc)
+	}
+	coord, err := coordinator.New(cc)
+	if err != nil {
+		return nil, err
+	}
+	if err := coord.WaitLeader(ctx); err != nil {
+		coord.Close()
+		return nil, err
+	}
+	return coord, nil
 }
 
 // StartAgent (re)starts the cluster's agent.
