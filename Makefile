@@ -72,9 +72,16 @@ demo: build ## run the example workflows cold then warm on an embedded one-node 
 .PHONY: bench
 bench: minio ## run the benchmarks; each prints its figure beside a same-run baseline
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./coordinator/
+	$(GO) test -run '^$$' -bench Placement -benchtime 3x -timeout 20m ./coordinator/scheduler/
 	HEARTH_REQUIRE_MINIO=1 $(GO) test -run '^$$' -bench . -benchtime 4x -timeout 30m ./cachefs/
 	$(GO) test -run '^$$' -bench 'PeerTransfer|FanOut' -benchtime 1x -timeout 20m ./agent/
 	$(GO) run ./cmd/hearth bench submit --clients 64 --duration 10s
+	$(GO) run ./cmd/hearth bench heartbeat --hosts 10000 --interval 2s --duration 30s
+
+.PHONY: sim
+sim: build ## simulate the standard scenarios on 100 and 1,000 hosts, every policy side by side (tens of minutes)
+	./bin/hearth sim --hosts 100 --duration 600 --svg bin/sim-100.svg
+	./bin/hearth sim --hosts 1000 --duration 300 --svg bin/sim-1000.svg
 
 .PHONY: fuzz
 fuzz: ## fuzz the workflow parser and the Raft command decoder for 60 s each

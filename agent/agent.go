@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hearth-gpu/hearth/agent/gpu"
@@ -54,6 +55,12 @@ type Agent struct {
 	gpuStates     []proto.GPUState
 	degradedGauge prometheus.Gauge
 
+	// beatMu keeps one heartbeat in flight at a time: each one's
+	// inventory change builds on the answer to the one before (inv).
+	beatMu      sync.Mutex
+	pokePending atomic.Bool // a poked heartbeat waits for beatMu
+	inv         *inventorySync
+
 	mu   sync.Mutex
 	jobs map[string]*jobRun // live assignments by job id
 	life lifecycle          // registration, shutdown, liveness (shutdown.go)
@@ -75,7 +82,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := ValidateConfig(&cfg); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), api: client.New(cfg.CoordinatorURL, nil).WithToken(cfg.Token), jobs: make(map[string]*jobRun)}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), api: client.New(cfg.CoordinatorURL, nil).WithToken(cfg.Token), jobs: make(map[string]*jobRun), inv: newInventorySync(time.Now())}
 	for _, d := range []string{cfg.resultsDir(), cfg.workDir()} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("agent: create %s: %w", d, err)
@@ -187,6 +194,7 @@ func (a *Agent) hostRecord() proto.Host {
 		Labels: a.cfg.Labels, Bandwidth: a.bandwidth, Version: Version,
 		PeerFetch: a.peers != nil && a.cfg.PeerToken != "",
 		Kinds:     a.kinds(),
+		Runner:    a.cfg.Runner,
 	}
 }
 
@@ -224,7 +232,9 @@ func (a *Agent) register(ctx context.Context) error {
 	}
 }
 
-// Heartbeat builds the host's live state.
+// Heartbeat builds the host's live state, with the whole cache inventory
+// in Cache. What goes on the wire carries only the inventory's change
+// instead (see sendHeartbeat).
 func (a *Agent) Heartbeat() proto.Heartbeat {
 	b := proto.Heartbeat{HostID: a.cfg.HostID, Time: time.Now().UTC(), Slots: make([]proto.SlotState, 0, len(a.slots))}
 	for _, sl := range a.slots {
@@ -253,15 +263,24 @@ func (a *Agent) heartbeatLoop() {
 	}
 }
 
+// sendHeartbeat sends the host's live state, after the heartbeat in flight
+// if there is one.
 func (a *Agent) sendHeartbeat() {
+	a.beatMu.Lock()
+	defer a.beatMu.Unlock()
+	a.sendHeartbeatLocked()
+}
+
+func (a *Agent) sendHeartbeatLocked() {
 	ctx, cancel := context.WithTimeout(a.ctx, heartbeatTimeout)
 	defer cancel()
-	err := a.api.Heartbeat(ctx, a.Heartbeat())
+	err := a.beat(ctx)
 	if client.IsCode(err, "host_not_registered") {
 		// A coordinator that lost or never had our registration (a fresh
-		// cluster) learns it again.
+		// cluster) learns it again, and the whole inventory with it.
 		if err = a.register(ctx); err == nil {
-			err = a.api.Heartbeat(ctx, a.Heartbeat())
+			a.inv.reset()
+			err = a.beat(ctx)
 		}
 	}
 	if err == nil {
@@ -271,11 +290,45 @@ func (a *Agent) sendHeartbeat() {
 	}
 }
 
+// beat sends one heartbeat whose inventory part is the change since the
+// version the coordinator acknowledged. If the answer says the coordinator
+// holds no version to build on (a new leader), or it refused the change,
+// a second beat with the whole inventory follows at once rather than an
+// interval later. Callers hold beatMu.
+func (a *Agent) beat(ctx context.Context) error {
+	for first := true; ; first = false {
+		b := a.Heartbeat()
+		whole := a.inv.prepare(&b, time.Now())
+		ack, err := a.api.Heartbeat(ctx, b)
+		if err != nil {
+			if a.inv.refused(err, whole, time.Now()) && first {
+				a.log.Warn("coordinator refused the heartbeat's inventory; sending the whole inventory", "err", err)
+				continue
+			}
+			return err
+		}
+		if a.inv.ack(ack.InventoryVersion) && !whole && first {
+			continue
+		}
+		return nil
+	}
+}
+
 // poke sends a heartbeat now, so the scheduler sees a slot's new residency
-// before it places the next job.
+// before it places the next job. Pokes while one already waits to be sent
+// add nothing: that one reads the state when it goes.
 func (a *Agent) poke() {
+	if !a.pokePending.CompareAndSwap(false, true) {
+		return
+	}
 	a.wg.Add(1)
-	go func() { defer a.wg.Done(); a.sendHeartbeat() }()
+	go func() {
+		defer a.wg.Done()
+		a.beatMu.Lock()
+		defer a.beatMu.Unlock()
+		a.pokePending.Store(false)
+		a.sendHeartbeatLocked()
+	}()
 }
 
 // Close stops taking work, cancels running jobs, stops workers and releases

@@ -17,11 +17,12 @@ import (
 // execute runs one assignment to its end and reports each transition. If
 // the coordinator refuses a report (the job was placed elsewhere), it stops
 // at once and reports nothing more.
-func (a *Agent) execute(j *jobRun, sl *slot) {
+// execute runs one assignment to its end and reports whether it succeeded.
+func (a *Agent) execute(j *jobRun, sl *slot) (succeeded bool) {
 	as := j.assignment
 	log := a.log.With("job", as.JobID, "gpu", sl.gpu, "slot", sl.index)
 	if j.ctx.Err() != nil {
-		return // withdrawn while queued
+		return false // withdrawn while queued
 	}
 	// The spec's timeout bounds the attempt from pickup to the last report.
 	ctx := j.ctx
@@ -118,8 +119,11 @@ func (a *Agent) execute(j *jobRun, sl *slot) {
 		fail("store outputs", err)
 		return
 	}
-	a.report(as, proto.JobReport{State: proto.JobSucceeded, LoadS: loadS, RunS: runS, Outputs: outputs})
+	if !a.report(as, proto.JobReport{State: proto.JobSucceeded, LoadS: loadS, RunS: runS, Outputs: outputs}) {
+		return false
+	}
 	log.Info("job succeeded", "load_s", fmt.Sprintf("%.3f", loadS), "run_s", fmt.Sprintf("%.3f", runS), "outputs", len(outputs))
+	return true
 }
 
 // fetchPinned brings a model into the cache and pins it there. Another job's

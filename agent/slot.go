@@ -36,6 +36,10 @@ type slot struct {
 	// so a model in VRAM is never evicted from under it: a worker restart
 	// loads from the disk again.
 	residentPins map[proto.Digest]func()
+	// warmNext is what the slot loads once it has no job (see warm.go);
+	// stopWarm cancels a warm-up under way when a job arrives.
+	warmNext []proto.ModelRef
+	stopWarm context.CancelFunc
 }
 
 func newSlot(a *Agent, gpu, index int, capacity int64) *slot {
@@ -46,6 +50,12 @@ func (s *slot) enqueue(j *jobRun) {
 	s.mu.Lock()
 	s.queue = append(s.queue, j)
 	slices.SortFunc(s.queue, func(x, y *jobRun) int { return compareUint(x.assignment.Epoch, y.assignment.Epoch) })
+	// A job outranks any warm-up: the one under way stops, and the next
+	// job brings its own advice.
+	s.warmNext = nil
+	if s.stopWarm != nil {
+		s.stopWarm()
+	}
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -67,11 +77,26 @@ func (s *slot) loop(ctx context.Context) {
 	for {
 		s.mu.Lock()
 		var next *jobRun
-		if len(s.queue) > 0 {
+		var warm []proto.ModelRef
+		var wctx context.Context
+		switch {
+		case len(s.queue) > 0:
 			next, s.queue = s.queue[0], s.queue[1:]
 			s.running = next
+		case len(s.warmNext) > 0:
+			warm, s.warmNext = s.warmNext, nil
+			wctx, s.stopWarm = context.WithCancel(ctx)
 		}
 		s.mu.Unlock()
+		if warm != nil {
+			s.a.warm(wctx, s, warm)
+			s.mu.Lock()
+			s.stopWarm()
+			s.stopWarm = nil
+			s.syncPinsLocked()
+			s.mu.Unlock()
+			continue
+		}
 		if next == nil {
 			select {
 			case <-ctx.Done():
@@ -80,9 +105,12 @@ func (s *slot) loop(ctx context.Context) {
 				continue
 			}
 		}
-		s.a.execute(next, s)
+		ok := s.a.execute(next, s)
 		s.mu.Lock()
 		s.running = nil
+		if ok && len(s.queue) == 0 {
+			s.warmNext = next.assignment.Warm
+		}
 		s.syncPinsLocked()
 		s.mu.Unlock()
 		s.a.forget(next)
@@ -171,10 +199,11 @@ func (s *slot) state() proto.SlotState {
 	defer s.mu.Unlock()
 	st := proto.SlotState{GPU: s.gpu, Slot: s.index}
 	if s.worker != nil {
+		// Most recently used first, as the runner keeps them: the
+		// scheduler predicts what the worker unloads next from the order.
 		for _, m := range s.worker.Resident() {
 			st.Resident = append(st.Resident, m.Digest)
 		}
-		slices.Sort(st.Resident)
 	}
 	if s.running != nil {
 		st.Running = s.running.assignment.JobID

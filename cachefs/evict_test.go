@@ -500,3 +500,22 @@ func TestDefaultPolicyBeatsLRU(t *testing.T) {
 		}
 	}
 }
+
+// S3-FIFO with its small queue under its share, main empty and the only
+// blob in small used once: the walk of small moves that blob to main with
+// its use spent, and it must then be evicted from there rather than the
+// Put refused for want of room.
+func TestS3FIFOEvictsWhatTheSmallQueueMovedToMain(t *testing.T) {
+	s := openTestStore(t, t.TempDir(), 1000, nil)
+	small := putN(t, s, 1, 64, 70)[0]
+	if _, ok := s.Path(small); !ok {
+		t.Fatal("Path failed")
+	}
+	b, d := testBlob(950, 71)
+	if _, _, err := s.Put(context.Background(), d, bytes.NewReader(b)); err != nil {
+		t.Fatalf("Put of 950 bytes into a 1000-byte cache holding 64 unpinned bytes: %v", err)
+	}
+	if s.Has(small) || !s.Has(d) {
+		t.Fatalf("after the Put: small held %v, new held %v; want the small blob evicted for the new one", s.Has(small), s.Has(d))
+	}
+}

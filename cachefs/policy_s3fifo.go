@@ -181,6 +181,11 @@ func (p *s3fifo) victims(need int64, pinned func(proto.Digest) bool) []proto.Dig
 			e = smallW.next(fromSmall)
 		}
 		if e == nil {
+			// That walk may have moved used blobs into main, where their
+			// uses are spent: they can go now.
+			e = mainW.next(fromMain)
+		}
+		if e == nil {
 			break
 		}
 		it := e.Value.(*s3Item)

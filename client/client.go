@@ -308,11 +308,14 @@ func (c *Client) Register(ctx context.Context, h proto.Host) error {
 	return err
 }
 
-// Heartbeat sends the agent's live state.
-func (c *Client) Heartbeat(ctx context.Context, b proto.Heartbeat) error {
+// Heartbeat sends the agent's live state and returns the coordinator's
+// answer: its index, and the inventory version it now holds for the host
+// (proto.InventoryDelta says what to send next).
+func (c *Client) Heartbeat(ctx context.Context, b proto.Heartbeat) (proto.HeartbeatAck, error) {
 	b.Proto = proto.Version
-	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/heartbeat", b, nil)
-	return err
+	var ack proto.HeartbeatAck
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/heartbeat", b, &ack)
+	return ack, err
 }
 
 // Assignments long-polls for host's assignments after index.

@@ -49,11 +49,14 @@ func (s *Server) handleHeartbeat(ctx *fasthttp.RequestCtx) (int, any, error) {
 	if err := checkProto(b.Proto); err != nil {
 		return 0, nil, err
 	}
+	if fe := b.Validate(); fe != nil {
+		return 0, nil, fe
+	}
 	h, ok := s.fsm.Host(b.HostID)
 	if !ok {
 		return 0, nil, fmt.Errorf("%w: %q", ErrHostNotFound, b.HostID)
 	}
-	s.hosts.record(b)
+	_, ack := s.hosts.apply(&b) // and the fleet follows it (schedLoop.followBeat)
 	if h.DownAt != nil {
 		// The host is back. Registering it again brings it up; the jobs it
 		// lost were requeued with new epochs, so whatever it still runs
@@ -65,8 +68,8 @@ func (s *Server) handleHeartbeat(ctx *fasthttp.RequestCtx) (int, any, error) {
 		}
 		s.log.Info("host back up", "host", h.ID, "was_down_since", h.DownAt)
 	}
-	s.sched.poke()
-	return http.StatusOK, map[string]uint64{"index": s.fsm.Index()}, nil
+	ack.Index = s.fsm.Index()
+	return http.StatusOK, ack, nil
 }
 
 // handleAssignments answers with the host's live assignments once the FSM

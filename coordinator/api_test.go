@@ -343,17 +343,18 @@ func TestListJobsFilterByState(t *testing.T) {
 	placed := submitN(t, api, 3, `{"worker": {}}`)
 	// The test plays the agent's side: it registers a host and heartbeats
 	// through the real agent API so the scheduler places the three jobs.
-	if err := api.Register(ctx, proto.Host{ID: "h1", DeviceKind: "simulated", GPUs: []proto.GPU{{Index: 0, Slots: 1, SlotBytes: 1 << 30}}}); err != nil {
+	// Two slots: a slot takes a job and one behind it, no more.
+	if err := api.Register(ctx, proto.Host{ID: "h1", DeviceKind: "simulated", GPUs: []proto.GPU{{Index: 0, Slots: 2, SlotBytes: 1 << 30}}}); err != nil {
 		t.Fatalf("register: %v", err)
 	}
-	if err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now()}); err != nil {
+	if _, err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now()}); err != nil {
 		t.Fatalf("heartbeat: %v", err)
 	}
 	for _, id := range placed {
 		waitForPlacement(t, api, id)
 	}
 	// A draining host takes nothing new, so the next two stay queued.
-	if err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now(), Draining: true}); err != nil {
+	if _, err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now(), Draining: true}); err != nil {
 		t.Fatalf("draining heartbeat: %v", err)
 	}
 	queued := submitN(t, api, 2, `{"worker": {}}`)
@@ -499,7 +500,7 @@ func TestMetricsQueueDepthByPriority(t *testing.T) {
 func TestAgentHeartbeatFromUnregisteredHost(t *testing.T) {
 	s, api := newTestServer(t, nil)
 	before := s.FSM().Index()
-	err := api.Heartbeat(context.Background(), proto.Heartbeat{HostID: "ghost", Time: time.Now()})
+	_, err := api.Heartbeat(context.Background(), proto.Heartbeat{HostID: "ghost", Time: time.Now()})
 	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusNotFound || ae.Code != "host_not_registered" {
 		t.Fatalf("heartbeat from an unregistered host: %v, want 404 host_not_registered", err)
@@ -541,7 +542,7 @@ func placedJob(t *testing.T, api *client.Client) *proto.Job {
 	if err := api.Register(ctx, proto.Host{ID: "h1", DeviceKind: "simulated", GPUs: []proto.GPU{{Index: 0, Slots: 1, SlotBytes: 1 << 30}}}); err != nil {
 		t.Fatalf("register: %v", err)
 	}
-	if err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now()}); err != nil {
+	if _, err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now()}); err != nil {
 		t.Fatalf("heartbeat: %v", err)
 	}
 	j, err := api.SubmitRaw(ctx, workflowWith("a.safetensors"))
@@ -650,7 +651,7 @@ func TestAgentAssignmentsLongPoll(t *testing.T) {
 		t.Fatalf("poll at the current index answered before anything changed: %+v, %v", got.a, got.err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	if err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now()}); err != nil {
+	if _, err := api.Heartbeat(ctx, proto.Heartbeat{HostID: "h1", Time: time.Now()}); err != nil {
 		t.Fatalf("heartbeat: %v", err)
 	}
 	var got answer

@@ -36,7 +36,7 @@ func (f *FSM) applyDrain(index uint64, c *proto.DrainHost) any {
 		t := c.Time
 		h.Drain, h.DrainSince = true, &t
 	}
-	f.hosts[h.ID] = &h
+	f.storeHost(&h)
 	return &h
 }
 

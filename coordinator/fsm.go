@@ -37,13 +37,17 @@ import (
 //
 // Watching. Every Apply closes the current `changed` channel and makes a new
 // one, so a long-poll can wait for "anything after index N" without polling.
-// The events an entry caused go to onEvents after mu is released.
+// The events an entry caused go to onEvents after mu is released, and the
+// jobs and hosts it stored to onChange, so the scheduler's fleet index
+// follows the log without reading the whole state; after a Restore,
+// onRestore is called instead.
 type FSM struct {
-	mu    sync.RWMutex
-	jobs  map[string]*proto.Job
-	live  map[string]*proto.Job // jobs not yet terminal: the scheduler's working set
-	hooks map[string]struct{}   // ids of jobs with a pending webhook delivery
-	idem  map[string]idemEntry
+	mu     sync.RWMutex
+	jobs   map[string]*proto.Job
+	live   map[string]*proto.Job // jobs not yet terminal
+	queued map[string]*proto.Job // of those, the ones waiting for a placement
+	hooks  map[string]struct{}   // ids of jobs with a pending webhook delivery
+	idem   map[string]idemEntry
 	// idemAdds counts keys added, to sweep expired ones now and then.
 	idemAdds int
 	models   map[string]*proto.Model
@@ -60,6 +64,29 @@ type FSM struct {
 	onApply func(cmd proto.Command, res any, took time.Duration)
 	// onEvents, if set, receives each entry's events outside mu, in order.
 	onEvents func([]proto.JobEvent)
+	// onChange, if set, receives the jobs and hosts each entry stored,
+	// outside mu, in log order; onRestore is called after a Restore.
+	onChange     func(jobs []*proto.Job, hosts []*proto.Host)
+	onRestore    func()
+	changedJobs  []*proto.Job
+	changedHosts []*proto.Host
+
+	// hostsGen counts changes to the host registrations; sortedHosts and
+	// largest are derived from them and rebuilt when it moves.
+	hostsGen    uint64
+	sortedHosts []*proto.Host
+	sortedAt    uint64
+	largest     map[string]slotReach
+	largestAt   uint64
+	// byDigest indexes the catalog by digest; nil when it must be rebuilt.
+	byDigest map[proto.Digest]*proto.Model
+}
+
+// slotReach is what the hosts that run one job kind offer: the largest
+// slot among them and how many there are.
+type slotReach struct {
+	largest uint64
+	takers  int
 }
 
 // idemEntry remembers which job an Idempotency-Key created, and from which
@@ -81,6 +108,7 @@ func NewFSM() *FSM {
 	return &FSM{
 		jobs:    make(map[string]*proto.Job),
 		live:    make(map[string]*proto.Job),
+		queued:  make(map[string]*proto.Job),
 		hooks:   make(map[string]struct{}),
 		idem:    make(map[string]idemEntry),
 		models:  make(map[string]*proto.Model),
@@ -137,8 +165,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 	res := f.apply(l.Index, cmd)
 	f.advance(l.Index)
 	cb, ecb, evs := f.onApply, f.onEvents, f.events
-	f.events = nil
+	chg, jobs, hosts := f.onChange, f.changedJobs, f.changedHosts
+	f.events, f.changedJobs, f.changedHosts = nil, nil, nil
 	f.mu.Unlock()
+	if chg != nil && len(jobs)+len(hosts) > 0 {
+		chg(jobs, hosts)
+	}
 	if ecb != nil && len(evs) > 0 {
 		ecb(evs)
 	}
@@ -163,6 +195,7 @@ func (f *FSM) apply(index uint64, cmd proto.Command) any {
 		}
 		m.Index = index
 		f.models[m.Name] = &m
+		f.byDigest = nil
 		return &m
 	case *proto.SubmitJob:
 		r := f.applySubmit(index, &proto.SubmitItem{Job: c.Job})
@@ -185,7 +218,7 @@ func (f *FSM) apply(index uint64, cmd proto.Command) any {
 			// An operator's drain outlasts the agent's restarts.
 			h.Drain, h.DrainSince = old.Drain, old.DrainSince
 		}
-		f.hosts[h.ID] = &h
+		f.storeHost(&h)
 		return &h
 	case *proto.PlaceJob:
 		r := f.applyPlace(index, 0, c)
@@ -232,14 +265,37 @@ func (f *FSM) emit(index uint64, j *proto.Job, ev proto.JobEvent) {
 	f.events = append(f.events, ev)
 }
 
-// store saves j and keeps the live-job index in step with its state.
+// store saves j and keeps the live and queued indexes in step with its
+// state.
 func (f *FSM) store(index uint64, j *proto.Job) {
 	j.Index = index
 	f.jobs[j.ID] = j
+	f.fileJob(j)
+	if f.onChange != nil {
+		f.changedJobs = append(f.changedJobs, j)
+	}
+}
+
+// fileJob files j in the live and queued indexes by its state.
+func (f *FSM) fileJob(j *proto.Job) {
 	if j.State.Terminal() {
 		delete(f.live, j.ID)
 	} else {
 		f.live[j.ID] = j
+	}
+	if j.State == proto.JobQueued {
+		f.queued[j.ID] = j
+	} else {
+		delete(f.queued, j.ID)
+	}
+}
+
+// storeHost saves a registration.
+func (f *FSM) storeHost(h *proto.Host) {
+	f.hosts[h.ID] = h
+	f.hostsGen++
+	if f.onChange != nil {
+		f.changedHosts = append(f.changedHosts, h)
 	}
 }
 
@@ -437,7 +493,7 @@ func (f *FSM) applyHostDown(index uint64, c *proto.MarkHostDown) any {
 	h := *old
 	t := c.Time
 	h.DownAt, h.DownReason, h.Index = &t, c.Reason, index
-	f.hosts[h.ID] = &h
+	f.storeHost(&h)
 	var res HostDownResult
 	for _, id := range slices.Sorted(maps.Keys(f.live)) {
 		j := f.live[id]
@@ -542,7 +598,7 @@ func (f *FSM) applyWebhookResults(index uint64, c *proto.WebhookResults) any {
 		// (its Index stays). A retried job can be live again meanwhile.
 		f.jobs[j.ID] = j
 		if _, ok := f.live[j.ID]; ok {
-			f.live[j.ID] = j
+			f.fileJob(j)
 		}
 		n++
 	}
@@ -644,12 +700,27 @@ func (f *FSM) QueueDepth() map[int]int {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make(map[int]int)
-	for _, j := range f.live {
-		if j.State == proto.JobQueued {
-			out[j.Spec.Priority]++
-		}
+	for _, j := range f.queued {
+		out[j.Spec.Priority]++
 	}
 	return out
+}
+
+// Queued returns the jobs waiting for a placement that may be placed at
+// now (a requeued job's backoff has passed), in no particular order, and
+// counts all queued jobs by priority.
+func (f *FSM) Queued(now time.Time) ([]*proto.Job, map[int]int) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*proto.Job, 0, len(f.queued))
+	depth := make(map[int]int)
+	for _, j := range f.queued {
+		depth[j.Spec.Priority]++
+		if j.NotBefore == nil || !j.NotBefore.After(now) {
+			out = append(out, j)
+		}
+	}
+	return out, depth
 }
 
 // PendingWebhooks returns the jobs that have a webhook delivery pending.
@@ -683,11 +754,34 @@ func (f *FSM) Assignments(host string) []proto.Assignment {
 		out = append(out, proto.Assignment{
 			JobID: j.ID, Epoch: j.Placement.Epoch, Attempt: j.Attempts,
 			GPU: j.Placement.GPU, Slot: j.Placement.Slot,
-			Spec: j.Spec, Models: j.Models,
+			Spec: j.Spec, Models: j.Models, Warm: j.Placement.Warm,
 		})
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Epoch < out[b].Epoch })
 	return out
+}
+
+// ModelByDigest returns the catalog entry that names digest d (the first
+// by name if several do).
+func (f *FSM) ModelByDigest(d proto.Digest) (*proto.Model, bool) {
+	f.mu.RLock()
+	idx := f.byDigest
+	f.mu.RUnlock()
+	if idx == nil {
+		f.mu.Lock()
+		if f.byDigest == nil {
+			f.byDigest = make(map[proto.Digest]*proto.Model, len(f.models))
+			for _, m := range sortedValues(f.models) {
+				if _, ok := f.byDigest[m.Digest]; !ok {
+					f.byDigest[m.Digest] = m
+				}
+			}
+		}
+		idx = f.byDigest
+		f.mu.Unlock()
+	}
+	m, ok := idx[d]
+	return m, ok
 }
 
 // Model returns a catalog entry by name.
@@ -713,11 +807,56 @@ func (f *FSM) Host(id string) (*proto.Host, bool) {
 	return h, ok
 }
 
-// Hosts lists registrations by id.
+// Hosts lists registrations by id. The slice is shared until the next
+// registration changes: callers must not modify it.
 func (f *FSM) Hosts() []*proto.Host {
 	f.mu.RLock()
+	if f.sortedHosts != nil && f.sortedAt == f.hostsGen {
+		defer f.mu.RUnlock()
+		return f.sortedHosts
+	}
+	f.mu.RUnlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.sortedHosts == nil || f.sortedAt != f.hostsGen {
+		f.sortedHosts, f.sortedAt = sortedValues(f.hosts), f.hostsGen
+	}
+	return f.sortedHosts
+}
+
+// HostCount is the number of registered hosts.
+func (f *FSM) HostCount() int {
+	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return sortedValues(f.hosts)
+	return len(f.hosts)
+}
+
+// SlotReach returns, for a job kind, the largest slot of the registered
+// hosts that run it and how many such hosts there are; it is recomputed
+// only when a registration changes, so the submit path does not walk the
+// fleet.
+func (f *FSM) SlotReach(kind string) (largest uint64, takers int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.largest == nil || f.largestAt != f.hostsGen {
+		f.largest, f.largestAt = make(map[string]slotReach), f.hostsGen
+	}
+	r, ok := f.largest[kind]
+	if !ok {
+		for _, h := range f.hosts {
+			if !h.Takes(kind) {
+				continue
+			}
+			r.takers++
+			for _, g := range h.GPUs {
+				if g.Slots > 0 {
+					r.largest = max(r.largest, g.SlotBytes)
+				}
+			}
+		}
+		f.largest[kind] = r
+	}
+	return r.largest, r.takers
 }
 
 // sortedValues returns a map's values ordered by their keys (a model's name,

@@ -29,6 +29,7 @@ type metrics struct {
 	webhookSecs prometheus.Histogram
 	hostsDown   prometheus.Counter
 	requeued    prometheus.Counter
+	passSecs    prometheus.Histogram
 
 	depthMu     sync.Mutex
 	depthLabels map[int]bool // priorities with a gauge, so emptied ones read 0
@@ -82,13 +83,17 @@ func newMetrics(s *Server) *metrics {
 		requeued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hearth_jobs_requeued_total", Help: "Jobs requeued because their host went down.",
 		}),
+		passSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "hearth_scheduler_pass_seconds", Help: "Time of scheduling passes that had something to decide (leader only).",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}),
 		depthLabels: make(map[int]bool),
 		raftLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hearth_raft_leader", Help: "1 if this node is the Raft leader.",
 		}),
 	}
 	m.reg.MustRegister(m.submitted, m.acceptSecs, m.placements, m.queueDepth, m.raftLeader,
-		m.commitSecs, m.applySecs, m.batchSize, m.forwarded, m.webhooks, m.webhookSecs, m.hostsDown, m.requeued,
+		m.commitSecs, m.applySecs, m.batchSize, m.forwarded, m.webhooks, m.webhookSecs, m.hostsDown, m.requeued, m.passSecs,
 		&raftCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -27,7 +27,7 @@ type Server struct {
 	raft    *raftNode
 	hosts   *liveHosts
 	metrics *metrics
-	sched   *scheduler
+	sched   *schedLoop
 	batch   *batcher
 	bus     *eventbus.Bus
 	auth    *authenticator
@@ -64,7 +64,7 @@ func New(cfg Config) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
 	s.hosts = newLiveHosts(cfg.Now)
-	s.sched = newScheduler(s)
+	s.sched = newSchedLoop(s)
 	s.batch = newBatcher(s)
 	s.bus = eventbus.New(eventRingSize)
 	s.auth = newAuthenticator(cfg.Tokens)

@@ -170,10 +170,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			hdr.Models, hdr.Hosts, hdr.Jobs, hdr.Coords, hdr.Idem, len(models), len(hosts), len(jobs), len(coords), len(idem))
 	}
 	live := make(map[string]*proto.Job)
+	queued := make(map[string]*proto.Job)
 	hooks := make(map[string]struct{})
 	for id, j := range jobs {
 		if !j.State.Terminal() {
 			live[id] = j
+		}
+		if j.State == proto.JobQueued {
+			queued[id] = j
 		}
 		if slices.ContainsFunc(j.Webhooks, func(d proto.WebhookDelivery) bool { return d.State == proto.DeliveryPending }) {
 			hooks[id] = struct{}{}
@@ -181,8 +185,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.models, f.hosts, f.jobs, f.coords, f.idem = models, hosts, jobs, coords, idem
-	f.live, f.hooks = live, hooks
+	f.live, f.queued, f.hooks = live, queued, hooks
+	f.hostsGen++
+	f.byDigest = nil
 	f.advance(hdr.Index)
+	restored := f.onRestore
 	f.mu.Unlock()
+	if restored != nil {
+		restored()
+	}
 	return nil
 }

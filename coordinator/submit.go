@@ -13,6 +13,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/hearth-gpu/hearth/coordinator/scheduler"
 	"github.com/hearth-gpu/hearth/coordinator/webhook"
 	"github.com/hearth-gpu/hearth/coordinator/workflow"
 	"github.com/hearth-gpu/hearth/proto"
@@ -234,29 +235,17 @@ func namedNeeds(field string, names []string) []modelNeed {
 // since they come back; with no host registered yet every job is taken,
 // since the fleet may still be starting.
 func (s *Server) checkPlaceable(spec *proto.JobSpec, refs []proto.ModelRef) error {
-	hosts := s.fsm.Hosts()
-	if len(hosts) == 0 {
+	hosts := s.fsm.HostCount()
+	if hosts == 0 {
 		return nil
 	}
 	kind := spec.Kind()
-	var largest uint64
-	takers := 0
-	for _, h := range hosts {
-		if !h.Takes(kind) {
-			continue
-		}
-		takers++
-		for _, g := range h.GPUs {
-			if g.Slots > 0 {
-				largest = max(largest, g.SlotBytes)
-			}
-		}
-	}
+	largest, takers := s.fsm.SlotReach(kind)
 	if takers == 0 {
 		return &apiError{Status: http.StatusUnprocessableEntity, Code: "no_runner", Field: kind,
-			Message: fmt.Sprintf("no registered host runs %s jobs (%d hosts, none with a runner for them)", kind, len(hosts))}
+			Message: fmt.Sprintf("no registered host runs %s jobs (%d hosts, none with a runner for them)", kind, hosts)}
 	}
-	need := vramNeed(&proto.Job{Spec: *spec, Models: refs})
+	need := scheduler.VRAMNeed(&proto.Job{Spec: *spec, Models: refs})
 	if need > 0 && uint64(need) > largest {
 		field, what := "vram_bytes", fmt.Sprintf("vram_bytes asks for %s", humanBytes(need))
 		if spec.VRAMBytes < need {

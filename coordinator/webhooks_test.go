@@ -57,8 +57,9 @@ func TestWebhookRetriesFollowScheduleAndNothingWaits(t *testing.T) {
 	rcv.Script(webhook.FaultStatus500, webhook.FaultTimeout, webhook.FaultCloseConn, webhook.FaultTimeout, webhook.FaultTimeout)
 	ctx := context.Background()
 
-	// A job that fails on its host: failures are announced too.
-	registerHost(t, api, "h1", []proto.GPU{{Index: 0, Slots: 1, SlotBytes: 1 << 30}}, nil)
+	// A job that fails on its host: failures are announced too. The host
+	// has a slot for each of the jobs placed below, which stay placed.
+	registerHost(t, api, "h1", []proto.GPU{{Index: 0, Slots: 10, SlotBytes: 1 << 30}}, nil)
 	heartbeat(t, api, proto.Heartbeat{HostID: "h1"})
 	j := submitWithWebhook(t, api, rcv.URL())
 	j = waitForPlacement(t, api, j.ID)

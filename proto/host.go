@@ -1,6 +1,9 @@
 package proto
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // HostStatus is the coordinator's view of a host's health.
 type HostStatus string
@@ -67,6 +70,13 @@ type Host struct {
 	// "worker", "exec"); empty means every kind. A host whose slots run
 	// ComfyUI servers takes workflow and exec jobs, not worker payloads.
 	Kinds []string `json:"kinds,omitempty"`
+	// Runner is what holds models on the host's slots: "worker" (a
+	// long-lived worker process that unloads its least recently used
+	// models to make room, and can load models ahead of a job) or
+	// "comfyui" (a ComfyUI server, which frees all its models when one
+	// more does not fit, and loads only inside a prompt). Empty: worker.
+	// The scheduler predicts a slot's residency by it.
+	Runner string `json:"runner,omitempty"`
 }
 
 // Takes reports whether the host runs jobs of kind.
@@ -93,7 +103,9 @@ type CachedBlob struct {
 type SlotState struct {
 	GPU  int `json:"gpu"`
 	Slot int `json:"slot"`
-	// Resident are the digests the slot's worker holds (the vram tier).
+	// Resident are the digests the slot's worker holds (the vram tier),
+	// most recently used first: the last one is what the worker unloads
+	// first when a job needs room.
 	Resident []Digest `json:"resident,omitempty"`
 	// Running is the job the slot is executing, if any; Queued the jobs
 	// assigned to it behind that one.
@@ -125,13 +137,26 @@ type GPUState struct {
 // Heartbeat is an agent's periodic report of its live state. It is held in
 // the leader's memory, not in the Raft log: it changes every few seconds and
 // is rebuilt from the next beat after a leader change.
+//
+// The cache inventory travels in one of two ways. Inventory (this
+// protocol's way) carries only what changed since the version the
+// coordinator last acknowledged, and nothing at all when nothing did; see
+// InventoryDelta. Cache (the older way, still understood) carries the whole
+// inventory in every beat, and replaces what the coordinator held; a beat
+// must not carry both. A beat with neither leaves the inventory as it was.
 type Heartbeat struct {
-	Proto  int          `json:"proto"`
-	HostID string       `json:"host_id"`
-	Time   time.Time    `json:"time"`
-	Slots  []SlotState  `json:"slots"`
-	Cache  []CachedBlob `json:"cache"`
-	GPUs   []GPUState   `json:"gpus,omitempty"`
+	Proto  int         `json:"proto"`
+	HostID string      `json:"host_id"`
+	Time   time.Time   `json:"time"`
+	Slots  []SlotState `json:"slots"`
+	// Cache, when not nil, is the host's whole inventory (an empty list is
+	// an empty cache): the older agents' way, one full list per beat.
+	Cache []CachedBlob `json:"cache,omitzero"`
+	// Inventory, when set, changes the host's cache inventory; nil means
+	// unchanged since the version the coordinator last acknowledged.
+	// A full inventory (Base 0) replaces whatever the coordinator held.
+	Inventory *InventoryDelta `json:"inventory,omitempty"`
+	GPUs      []GPUState      `json:"gpus,omitempty"`
 	// Draining hosts take no new placements. An agent that is shutting
 	// down sets it, so nothing new lands there while its running jobs
 	// finish; unlike an operator's drain (Host.Drain) it lasts only as
@@ -141,6 +166,106 @@ type Heartbeat struct {
 	// (GPU over its temperature limit, NVML failing, a device gone); it
 	// clears on its own when the fault does.
 	Degraded string `json:"degraded,omitempty"`
+}
+
+// MaxInventoryChange bounds the entries (Added plus Removed) of one
+// InventoryDelta: far more blobs than any host's cache holds.
+const MaxInventoryChange = 100_000
+
+// InventoryDelta is a change of a host's cache inventory from version Base
+// to version Version. Base 0 means Added is the whole inventory.
+//
+// The exchange, per agent process:
+//
+//   - Versions are chosen by the agent and only grow: each inventory it
+//     sends gets a number above every one it sent before, and a new
+//     process starts above any earlier one's (from the clock, in
+//     microseconds), so a coordinator never mistakes one for another.
+//   - The coordinator applies a delta only onto the version it is built
+//     on (Base equal to the version it holds) and then holds Version. A
+//     full inventory replaces what it holds unless Version is not above
+//     the held version (a late copy of an older beat, from a retry): that
+//     one is ignored.
+//   - Every answer (HeartbeatAck) names the version the coordinator holds
+//     now, or 0 when it holds none (a new leader, a delta on a base it
+//     did not have, an inventory it only knows from Cache). An agent that
+//     hears a version it did not just send, or 0, sends its whole
+//     inventory next, numbered above the version it heard. Nothing is
+//     ever applied twice or out of order, so duplicated, reordered or
+//     lost requests cost at most one full inventory.
+type InventoryDelta struct {
+	Base    uint64       `json:"base"`
+	Version uint64       `json:"version"`
+	Added   []CachedBlob `json:"added,omitempty"` // new blobs, or blobs whose tier changed
+	Removed []Digest     `json:"removed,omitempty"`
+}
+
+// Full reports whether d is a whole inventory rather than a change.
+func (d *InventoryDelta) Full() bool { return d.Base == 0 }
+
+// Validate checks a beat's inventory: Cache and Inventory not both set, and
+// a delta that is well formed (see InventoryDelta.Validate).
+func (b *Heartbeat) Validate() *FieldError {
+	if b.Inventory == nil {
+		return nil
+	}
+	if b.Cache != nil {
+		return &FieldError{Field: "inventory", Message: "a heartbeat carries its cache either as a full list (cache) or as a change (inventory), not both"}
+	}
+	return b.Inventory.Validate()
+}
+
+// Validate checks a delta: Version above Base, at most MaxInventoryChange
+// entries, each digest well formed and named once, tiers ram or disk,
+// sizes not negative.
+func (d *InventoryDelta) Validate() *FieldError {
+	if d.Version <= d.Base {
+		return &FieldError{Field: "inventory.version", Message: fmt.Sprintf("version %d must be above base %d", d.Version, d.Base)}
+	}
+	if n := len(d.Added) + len(d.Removed); n > MaxInventoryChange {
+		return &FieldError{Field: "inventory", Message: fmt.Sprintf("%d entries in one change, more than %d", n, MaxInventoryChange)}
+	}
+	if d.Full() && len(d.Removed) > 0 {
+		return &FieldError{Field: "inventory.removed", Message: "a full inventory (base 0) removes nothing; list what the cache holds in added"}
+	}
+	seen := make(map[Digest]struct{}, len(d.Added)+len(d.Removed))
+	once := func(dg Digest, field string, i int) *FieldError {
+		if err := dg.Validate(); err != nil {
+			return &FieldError{Field: field, Message: fmt.Sprintf("entry %d: %v", i, err)}
+		}
+		if _, dup := seen[dg]; dup {
+			return &FieldError{Field: field, Message: fmt.Sprintf("entry %d: %s is named twice in one change", i, dg)}
+		}
+		seen[dg] = struct{}{}
+		return nil
+	}
+	for i, cb := range d.Added {
+		if fe := once(cb.Digest, "inventory.added", i); fe != nil {
+			return fe
+		}
+		if cb.Tier != TierRAM && cb.Tier != TierDisk {
+			return &FieldError{Field: "inventory.added", Message: fmt.Sprintf("entry %d: tier %q must be %q or %q", i, cb.Tier, TierRAM, TierDisk)}
+		}
+		if cb.Size < 0 {
+			return &FieldError{Field: "inventory.added", Message: fmt.Sprintf("entry %d: size %d must not be negative", i, cb.Size)}
+		}
+	}
+	for i, dg := range d.Removed {
+		if fe := once(dg, "inventory.removed", i); fe != nil {
+			return fe
+		}
+	}
+	return nil
+}
+
+// HeartbeatAck is the coordinator's answer to a heartbeat.
+type HeartbeatAck struct {
+	// Index is the coordinator's Raft index.
+	Index uint64 `json:"index"`
+	// InventoryVersion is the inventory version the coordinator now holds
+	// for the host; 0 when it holds none (a new leader, or a delta whose
+	// Base it did not have): the agent must send its whole inventory.
+	InventoryVersion uint64 `json:"inventory_version"`
 }
 
 // HostView is a host as the API lists it: registration plus live state.
@@ -174,6 +299,9 @@ type Assignment struct {
 	Spec    JobSpec    `json:"spec"`
 	Models  []ModelRef `json:"models"`
 	Cancel  bool       `json:"cancel,omitempty"`
+	// Warm is the placement's advice of what to load after the job
+	// (Placement.Warm).
+	Warm []ModelRef `json:"warm,omitempty"`
 }
 
 // Assignments is the long-poll answer: every live assignment for the host,

@@ -168,6 +168,11 @@ type Placement struct {
 	QueueWaitS float64          `json:"queue_wait_s"`
 	EstimateS  float64          `json:"estimate_s"`
 	PlacedAt   time.Time        `json:"placed_at"`
+	// Warm are models the slot should load once this job is done, if no
+	// other job waits for it: what jobs of this kind were most often
+	// asked for with besides. Advice: the agent loads only what fits
+	// beside what the worker holds. Chunk digests are left out.
+	Warm []ModelRef `json:"warm,omitempty"`
 }
 
 // Progress is a running job's latest progress report.

@@ -27,14 +27,18 @@ import (
 	"github.com/hearth-gpu/hearth/proto"
 )
 
-// runBench runs "bench submit": many concurrent clients submit a typical
+// runBench runs "bench heartbeat" (see benchheartbeat.go) or "bench
+// submit": many concurrent clients submit a typical
 // SDXL text-to-image workflow to a loopback cluster with durable Raft logs,
 // and it prints jobs/s and accept latency for a 3-node and a 1-node
 // cluster, with the same run's baselines (a GET /healthz round trip on the
 // same HTTP stack, and one fsync on the same disk).
 func runBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "heartbeat" {
+		return runBenchHeartbeat(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "submit" {
-		return usagef("bench needs a subcommand: submit")
+		return usagef("bench needs a subcommand: submit or heartbeat")
 	}
 	fs := newFlags("bench submit", stderr)
 	nodes := fs.Int("nodes", 3, "coordinators in the cluster (a 1-node run follows for comparison)")
@@ -63,17 +67,11 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return usagef("--cpuprofile: %v", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	what := "sdxl_txt2img workflow (API format, indented as ComfyUI exports it)"
 	if *payload == "exec" {
 		what = "exec spec"
@@ -353,4 +351,21 @@ func batchAverage(url string) float64 {
 		return 0
 	}
 	return sum / count
+}
+
+// startCPUProfile writes a CPU profile to path until the returned stop is
+// called; with no path it does nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, usagef("--cpuprofile: %v", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

@@ -41,6 +41,8 @@ Client (talk to --addr, default $HEARTH_ADDR or http://127.0.0.1:7700):
   operator raft peers        list the coordinators' Raft voters
   operator raft remove-peer ID   remove a coordinator from the Raft group
   bench submit               measure job acceptance on a loopback cluster
+  bench heartbeat            measure the leader's cost of heartbeats from thousands of simulated agents
+  sim                        simulate a fleet: hearth's placement against the policies users pick instead
 Configuration:
   config validate FILE       check a config file: unknown keys, bad values, YAML syntax (file:line:column)
   config defaults            print every config key with its default and help
@@ -91,6 +93,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runConfig(rest, stdout, stderr)
 	case "bench":
 		err = runBench(rest, stdout, stderr)
+	case "sim":
+		err = runSim(rest, stdout, stderr)
 	case "refworker":
 		// The reference worker the agent starts per slot (hidden: it speaks
 		// the worker protocol on stdin/stdout, not to people).
