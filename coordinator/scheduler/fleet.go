@@ -163,6 +163,7 @@ type host struct {
 	// comfy hosts run ComfyUI servers: a slot frees every model when the
 	// next ones do not fit, and loads nothing ahead of a prompt.
 	comfy bool
+	kinds uint8 // the job kinds it takes, as kindBit bits
 	bw    [numTiers]float64
 	gpus  []*gpu
 	slots []*slot
@@ -203,7 +204,20 @@ func (h *host) cacheEntry(d uint32) *cacheEntry {
 	return &h.cache[i]
 }
 
-func (h *host) takes(kind string) bool { return h.reg.Takes(kind) }
+func (h *host) takes(kind string) bool { return h.kinds&kindBit(kind) != 0 }
+
+// kindBit is a job kind's bit in host.kinds.
+func kindBit(kind string) uint8 {
+	switch kind {
+	case "workflow":
+		return 1
+	case "worker":
+		return 2
+	case "exec":
+		return 4
+	}
+	return 8
+}
 
 type gpu struct {
 	host  *host
@@ -318,6 +332,13 @@ func (f *Fleet) SetHost(reg *proto.Host) {
 	h.reg = reg
 	h.peer = reg.PeerFetch
 	h.comfy = reg.Runner == "comfyui"
+	h.kinds = 0xff // no kinds listed: every kind
+	if len(reg.Kinds) > 0 {
+		h.kinds = 0
+		for _, k := range reg.Kinds {
+			h.kinds |= kindBit(k)
+		}
+	}
 	h.rack = -1
 	if r := reg.Labels["rack"]; r != "" {
 		key := reg.Labels["zone"] + "/" + r

@@ -197,9 +197,14 @@ func (s *Scheduler) choose(f *Fleet, j *proto.Job, now time.Time) (candidate, in
 		return true
 	}
 	k := s.cfg.Candidates
-	// Slots that will hold its models, largest model first.
-	for _, b := range s.models {
-		s.probe(&b.avail, 2*k, try)
+	// Slots that will hold its models: twice as many for the largest
+	// model, which costs most to load, as for each smaller one.
+	for i, b := range s.models {
+		n := k
+		if i == 0 {
+			n = 2 * k
+		}
+		s.probe(&b.avail, n, try)
 	}
 	// Open slots of hosts that cache its largest models.
 	for _, b := range s.models[:min(2, len(s.models))] {
