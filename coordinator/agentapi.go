@@ -101,8 +101,10 @@ func (s *Server) handleAssignments(ctx *fasthttp.RequestCtx) (int, any, error) {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
-		idx, changed := s.fsm.Watch()
-		if idx > after {
+		// The host's own index: other hosts' entries do not wake it. An
+		// index past this node's log (from another cluster) answers at once.
+		idx, changed := s.fsm.WatchHost(host)
+		if idx > after || after > s.fsm.Index() {
 			return http.StatusOK, proto.Assignments{Index: idx, Assignments: s.fsm.Assignments(host)}, nil
 		}
 		select {

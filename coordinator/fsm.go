@@ -46,6 +46,13 @@ type FSM struct {
 	jobs   map[string]*proto.Job
 	live   map[string]*proto.Job // jobs not yet terminal
 	queued map[string]*proto.Job // of those, the ones waiting for a placement
+	// byHost files the live placed jobs by host: a host's assignments.
+	// hostIndex is the log index at which a host's assignments last
+	// changed, and hostWake is closed then, so an agent's long-poll wakes
+	// for its own assignments, not for every entry of the fleet.
+	byHost    map[string]map[string]*proto.Job
+	hostIndex map[string]uint64
+	hostWake  map[string]chan struct{}
 	hooks  map[string]struct{}   // ids of jobs with a pending webhook delivery
 	idem   map[string]idemEntry
 	// idemAdds counts keys added, to sweep expired ones now and then.
@@ -109,6 +116,9 @@ func NewFSM() *FSM {
 		jobs:    make(map[string]*proto.Job),
 		live:    make(map[string]*proto.Job),
 		queued:  make(map[string]*proto.Job),
+		byHost:    make(map[string]map[string]*proto.Job),
+		hostIndex: make(map[string]uint64),
+		hostWake:  make(map[string]chan struct{}),
 		hooks:   make(map[string]struct{}),
 		idem:    make(map[string]idemEntry),
 		models:  make(map[string]*proto.Model),
@@ -270,14 +280,16 @@ func (f *FSM) emit(index uint64, j *proto.Job, ev proto.JobEvent) {
 func (f *FSM) store(index uint64, j *proto.Job) {
 	j.Index = index
 	f.jobs[j.ID] = j
-	f.fileJob(j)
+	f.fileJob(index, j)
 	if f.onChange != nil {
 		f.changedJobs = append(f.changedJobs, j)
 	}
 }
 
-// fileJob files j in the live and queued indexes by its state.
-func (f *FSM) fileJob(j *proto.Job) {
+// fileJob files j in the live, queued and per-host indexes by its state,
+// as of the entry at index.
+func (f *FSM) fileJob(index uint64, j *proto.Job) {
+	prev := f.live[j.ID]
 	if j.State.Terminal() {
 		delete(f.live, j.ID)
 	} else {
@@ -288,12 +300,51 @@ func (f *FSM) fileJob(j *proto.Job) {
 	} else {
 		delete(f.queued, j.ID)
 	}
+	var was, now *proto.Placement
+	if prev != nil {
+		was = prev.Placement
+	}
+	if !j.State.Terminal() {
+		now = j.Placement
+	}
+	if was != nil && (now == nil || now.Host != was.Host) {
+		delete(f.byHost[was.Host], j.ID)
+		f.touchHost(index, was.Host)
+	}
+	if now != nil {
+		jobs := f.byHost[now.Host]
+		if jobs == nil {
+			jobs = make(map[string]*proto.Job)
+			f.byHost[now.Host] = jobs
+		}
+		jobs[j.ID] = j
+		// A report moves a job along without changing its assignment;
+		// a new placement does.
+		if was == nil || was.Epoch != now.Epoch {
+			f.touchHost(index, now.Host)
+		}
+	}
 }
 
-// storeHost saves a registration.
+// touchHost records that host's assignments changed at index and wakes
+// its long-polls.
+func (f *FSM) touchHost(index uint64, host string) {
+	f.hostIndex[host] = index
+	if ch, ok := f.hostWake[host]; ok {
+		close(ch)
+		delete(f.hostWake, host)
+	}
+}
+
+// storeHost saves a registration (and wakes the host's long-polls: its
+// index moved).
 func (f *FSM) storeHost(h *proto.Host) {
 	f.hosts[h.ID] = h
 	f.hostsGen++
+	if ch, ok := f.hostWake[h.ID]; ok {
+		close(ch)
+		delete(f.hostWake, h.ID)
+	}
 	if f.onChange != nil {
 		f.changedHosts = append(f.changedHosts, h)
 	}
@@ -598,7 +649,7 @@ func (f *FSM) applyWebhookResults(index uint64, c *proto.WebhookResults) any {
 		// (its Index stays). A retried job can be live again meanwhile.
 		f.jobs[j.ID] = j
 		if _, ok := f.live[j.ID]; ok {
-			f.fileJob(j)
+			f.fileJob(index, j)
 		}
 		n++
 	}
@@ -742,15 +793,39 @@ func (f *FSM) Coordinator(id string) (*proto.Coordinator, bool) {
 	return c, ok
 }
 
+// WatchHost returns the log index at which host's assignments (or its
+// registration) last changed and a channel closed when they next change.
+func (f *FSM) WatchHost(host string) (uint64, <-chan struct{}) {
+	f.mu.RLock()
+	idx, ch := f.hostIndexLocked(host), f.hostWake[host]
+	f.mu.RUnlock()
+	if ch != nil {
+		return idx, ch
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch = f.hostWake[host]
+	if ch == nil {
+		ch = make(chan struct{})
+		f.hostWake[host] = ch
+	}
+	return f.hostIndexLocked(host), ch
+}
+
+func (f *FSM) hostIndexLocked(host string) uint64 {
+	idx := f.hostIndex[host]
+	if h, ok := f.hosts[host]; ok {
+		idx = max(idx, h.Index)
+	}
+	return idx
+}
+
 // Assignments returns the live placements on host as assignments.
 func (f *FSM) Assignments(host string) []proto.Assignment {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []proto.Assignment
-	for _, j := range f.live {
-		if j.Placement == nil || j.Placement.Host != host {
-			continue
-		}
+	for _, j := range f.byHost[host] {
 		out = append(out, proto.Assignment{
 			JobID: j.ID, Epoch: j.Placement.Epoch, Attempt: j.Attempts,
 			GPU: j.Placement.GPU, Slot: j.Placement.Slot,

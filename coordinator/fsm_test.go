@@ -184,3 +184,41 @@ func TestFSMRestoreRefusesTruncatedSnapshot(t *testing.T) {
 		t.Fatal("a failed Restore replaced the state")
 	}
 }
+
+// A host's long-poll wakes when its own assignments change: a placement
+// there, a cancel, a requeue; not for another host's, and not for a
+// progress report, which moves a job along without changing what the
+// agent must run. The snapshot of a host's assignments follows along.
+func TestFSMWakesOnlyTheHostWhoseAssignmentsChanged(t *testing.T) {
+	h := seededFSM(t)
+	h.apply(&proto.RegisterHost{Host: proto.Host{ID: "h2", GPUs: []proto.GPU{{Index: 0, Slots: 1, SlotBytes: 1 << 30}}}})
+	woke := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	_, w1 := h.fsm.WatchHost("h1")
+	_, w2 := h.fsm.WatchHost("h2")
+	placed := h.mustJob(&proto.PlaceJob{JobID: "j1", Placement: proto.Placement{Host: "h1"}})
+	if !woke(w1) || woke(w2) {
+		t.Fatalf("after a placement on h1: h1 woke %v, h2 woke %v; want only h1", woke(w1), woke(w2))
+	}
+	idx1, w1 := h.fsm.WatchHost("h1")
+	if idx1 != h.index {
+		t.Fatalf("h1's index %d, want the placement's %d", idx1, h.index)
+	}
+	if as := h.fsm.Assignments("h1"); len(as) != 1 || as[0].JobID != "j1" || as[0].Epoch != placed.Placement.Epoch || len(h.fsm.Assignments("h2")) != 0 {
+		t.Fatalf("assignments h1 %+v h2 %+v", as, h.fsm.Assignments("h2"))
+	}
+	h.mustJob(&proto.ReportJob{Report: proto.JobReport{JobID: "j1", HostID: "h1", Epoch: placed.Placement.Epoch, State: proto.JobRunning, Progress: &proto.Progress{Value: 1, Max: 2}}})
+	if woke(w1) || woke(w2) {
+		t.Fatal("a progress report woke a long-poll; it changes no assignment")
+	}
+	h.mustJob(&proto.CancelJob{JobID: "j1", Time: t0})
+	if !woke(w1) || woke(w2) || len(h.fsm.Assignments("h1")) != 0 {
+		t.Fatalf("after a cancel: h1 woke %v, h2 woke %v, h1 assignments %v", woke(w1), woke(w2), h.fsm.Assignments("h1"))
+	}
+}

@@ -183,9 +183,28 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			hooks[id] = struct{}{}
 		}
 	}
+	byHost := make(map[string]map[string]*proto.Job)
+	hostIndex := make(map[string]uint64, len(hosts))
+	for id := range hosts {
+		hostIndex[id] = hdr.Index // every host's assignments may have changed
+	}
+	for id, j := range live {
+		if j.Placement != nil {
+			if byHost[j.Placement.Host] == nil {
+				byHost[j.Placement.Host] = make(map[string]*proto.Job)
+			}
+			byHost[j.Placement.Host][id] = j
+			hostIndex[j.Placement.Host] = hdr.Index
+		}
+	}
 	f.mu.Lock()
 	f.models, f.hosts, f.jobs, f.coords, f.idem = models, hosts, jobs, coords, idem
 	f.live, f.queued, f.hooks = live, queued, hooks
+	f.byHost, f.hostIndex = byHost, hostIndex
+	for host, ch := range f.hostWake {
+		close(ch)
+		delete(f.hostWake, host)
+	}
 	f.hostsGen++
 	f.byDigest = nil
 	f.advance(hdr.Index)
