@@ -53,8 +53,8 @@ type FSM struct {
 	byHost    map[string]map[string]*proto.Job
 	hostIndex map[string]uint64
 	hostWake  map[string]chan struct{}
-	hooks  map[string]struct{}   // ids of jobs with a pending webhook delivery
-	idem   map[string]idemEntry
+	hooks     map[string]struct{} // ids of jobs with a pending webhook delivery
+	idem      map[string]idemEntry
 	// idemAdds counts keys added, to sweep expired ones now and then.
 	idemAdds int
 	models   map[string]*proto.Model
@@ -113,18 +113,18 @@ const IdempotencyWindow = 24 * time.Hour
 // NewFSM returns an empty state machine.
 func NewFSM() *FSM {
 	return &FSM{
-		jobs:    make(map[string]*proto.Job),
-		live:    make(map[string]*proto.Job),
-		queued:  make(map[string]*proto.Job),
+		jobs:      make(map[string]*proto.Job),
+		live:      make(map[string]*proto.Job),
+		queued:    make(map[string]*proto.Job),
 		byHost:    make(map[string]map[string]*proto.Job),
 		hostIndex: make(map[string]uint64),
 		hostWake:  make(map[string]chan struct{}),
-		hooks:   make(map[string]struct{}),
-		idem:    make(map[string]idemEntry),
-		models:  make(map[string]*proto.Model),
-		hosts:   make(map[string]*proto.Host),
-		coords:  make(map[string]*proto.Coordinator),
-		changed: make(chan struct{}),
+		hooks:     make(map[string]struct{}),
+		idem:      make(map[string]idemEntry),
+		models:    make(map[string]*proto.Model),
+		hosts:     make(map[string]*proto.Host),
+		coords:    make(map[string]*proto.Coordinator),
+		changed:   make(chan struct{}),
 	}
 }
 
