@@ -69,6 +69,12 @@ func TestUsageErrorsExitTwoWithASentence(t *testing.T) {
 		{[]string{"host", "drain", "h1", "--timeout", "0s"}, "--timeout must be positive"},
 		{[]string{"dev", "extra"}, "takes no arguments"},
 		{[]string{"coordinator", "--data-dir", "x", "--log-level", "loud"}, "log level"},
+		{[]string{"sim", "--hosts", "0"}, "not a fleet size"},
+		{[]string{"sim", "--policies", "hearth,magic"}, `unknown policy "magic"`},
+		{[]string{"sim", "--scenarios", "weekend"}, "no scenario matches"},
+		{[]string{"sim", "--duration", "-5"}, "--duration must be a positive number"},
+		{[]string{"sim", "--trace", "/does/not/exist.jsonl"}, "--trace"},
+		{[]string{"bench", "nap"}, "submit or heartbeat"},
 	}
 	for _, tc := range cases {
 		code, _, stderr := runCLI(tc.args...)

@@ -23,6 +23,7 @@ func runSim(args []string, stdout, stderr io.Writer) error {
 	policies := fs.String("policies", strings.Join(fleetsim.PolicyNames, ","), "policies to compare")
 	duration := fs.Float64("duration", 600, "seconds of job arrivals per scenario (the first tenth warms the fleet and is not measured)")
 	util := fs.Float64("utilization", 0.7, "share of the fleet's GPU time the arrivals ask for")
+	warmup := fs.Float64("warmup", 0, "seconds of arrivals left out of the metrics while the fleet warms (default: the first tenth)")
 	seed := fs.Uint64("seed", 1, "seed of the generated traces and of the random policy")
 	tracePath := fs.String("trace", "", "run this JSONL trace instead of the standard scenarios")
 	writeTrace := fs.String("write-trace", "", "write the first generated trace to this JSONL file")
@@ -57,6 +58,9 @@ func runSim(args []string, stdout, stderr io.Writer) error {
 			return usagef("--%s must be a positive number", name)
 		}
 	}
+	if *warmup < 0 || math.IsNaN(*warmup) {
+		return usagef("--warmup must not be negative")
+	}
 	if *gpus <= 0 || *slots <= 0 || *perRack <= 0 || *ramGiB < 0 {
 		return usagef("--gpus, --slots and --hosts-per-rack must be positive and --ram-gib not negative")
 	}
@@ -73,6 +77,7 @@ func runSim(args []string, stdout, stderr io.Writer) error {
 		sp.RAMBytes, sp.DiskBytes = int64(*ramGiB*(1<<30)), int64(*diskGiB*(1<<30))
 		sp.OriginTotal = *originGBs * 1e9
 		sp.PeerFetch = !*noPeers
+		sp.Warmup = *warmup
 		return sp
 	}
 	var scs []fleetsim.Scenario
@@ -87,7 +92,7 @@ func runSim(args []string, stdout, stderr io.Writer) error {
 			return usagef("--trace %s: %v", *tracePath, err)
 		}
 		for _, n := range sizes {
-			scs = append(scs, fleetsim.Scenario{Name: "trace", Spec: spec(n), Trace: tr})
+			scs = append(scs, fleetsim.TraceScenario("trace", spec(n), tr))
 		}
 	} else {
 		scs, err = fleetsim.StandardScenarios(fleetsim.Options{Hosts: sizes, Workloads: splitList(*scenarios),

@@ -29,8 +29,9 @@ import (
 //     estimate without load or eviction terms, and jobs bound at once to
 //     the best slot's queue however deep.
 //
-// Except Random and RoundRobin, which bind at arrival, they place only on
-// open slots, and none looks at host caches or peers.
+// Random, RoundRobin and V1 bind each job at once, into a slot's queue;
+// the others place only on open slots. Only V1 looks at host caches and
+// peers.
 
 // inService returns the slots that can take work, cached until a host or
 // slot goes in or out of service.
@@ -61,19 +62,23 @@ func fits(s *slot, need int64, kind string) bool {
 // where pick says, as one plan.
 // A policy that places only on open slots (late) stops the pass when
 // none is left.
-func baselinePass(st State, p Planner, now time.Time, late bool, pick func(f *Fleet, j *proto.Job, need int64, kind string) *slot) (PassStats, error) {
+func baselinePass(st State, p Planner, now time.Time, late bool, pick func(f *Fleet, j *proto.Job, kind string) *slot) (PassStats, error) {
 	f := st.Fleet()
+	f.mu.Lock()
+	f.expireLocked(now)
+	if late && f.openCount == 0 {
+		f.mu.Unlock()
+		return PassStats{Idle: true}, nil
+	}
 	queue := st.Queued()
 	stats := PassStats{Queued: len(queue)}
 	SortQueue(queue)
 	var plan []Placement
-	f.mu.Lock()
-	f.expireLocked(now)
 	for _, j := range queue {
 		if late && f.openCount == 0 {
 			break
 		}
-		s := pick(f, j, VRAMNeed(j), j.Spec.Kind())
+		s := pick(f, j, j.Spec.Kind())
 		if s == nil {
 			continue
 		}
@@ -111,7 +116,8 @@ func NewRandom(clock Clock, seed uint64) *Random {
 func (r *Random) Name() string { return "random" }
 
 func (r *Random) Pass(st State, p Planner) (PassStats, error) {
-	return baselinePass(st, p, r.Clock.Now(), false, func(f *Fleet, j *proto.Job, need int64, kind string) *slot {
+	return baselinePass(st, p, r.Clock.Now(), false, func(f *Fleet, j *proto.Job, kind string) *slot {
+		need := VRAMNeed(j)
 		slots := f.inService()
 		for try := 0; try < 64 && len(slots) > 0; try++ {
 			if s := slots[r.rng.IntN(len(slots))]; fits(s, need, kind) {
@@ -131,7 +137,8 @@ type RoundRobin struct {
 func (r *RoundRobin) Name() string { return "round-robin" }
 
 func (r *RoundRobin) Pass(st State, p Planner) (PassStats, error) {
-	return baselinePass(st, p, r.Clock.Now(), false, func(f *Fleet, j *proto.Job, need int64, kind string) *slot {
+	return baselinePass(st, p, r.Clock.Now(), false, func(f *Fleet, j *proto.Job, kind string) *slot {
+		need := VRAMNeed(j)
 		slots := f.inService()
 		for i := 0; i < len(slots); i++ {
 			s := slots[r.next%len(slots)]
@@ -153,7 +160,8 @@ type LeastLoaded struct {
 func (l *LeastLoaded) Name() string { return "least-loaded" }
 
 func (l *LeastLoaded) Pass(st State, p Planner) (PassStats, error) {
-	return baselinePass(st, p, l.Clock.Now(), true, func(f *Fleet, j *proto.Job, need int64, kind string) *slot {
+	return baselinePass(st, p, l.Clock.Now(), true, func(f *Fleet, j *proto.Job, kind string) *slot {
+		need := VRAMNeed(j)
 		for b := 0; b <= maxBucket; b++ {
 			for _, c := range f.classes {
 				if c.cap > 0 && c.cap < need {
@@ -179,7 +187,9 @@ type SwarmUI struct {
 	lastUsed map[int32]time.Time
 	// loading is, per model, the job loading it on a backend now.
 	loading map[uint32]string
-	rot     int
+	// model remembers each waiting request's model.
+	model map[*proto.Job]*blob
+	rot   int
 }
 
 // swarmLoadDelay is how long SwarmUI lets a request wait for a backend
@@ -190,15 +200,30 @@ func (s *SwarmUI) Name() string { return "swarmui" }
 
 func (s *SwarmUI) Pass(st State, p Planner) (PassStats, error) {
 	if s.lastUsed == nil {
-		s.lastUsed, s.loading = map[int32]time.Time{}, map[uint32]string{}
+		s.lastUsed, s.loading, s.model = map[int32]time.Time{}, map[uint32]string{}, map[*proto.Job]*blob{}
 	}
 	now := s.Clock.Now()
-	return baselinePass(st, p, now, true, func(f *Fleet, j *proto.Job, need int64, kind string) *slot {
-		model := primary(f, j)
-		if model == nil {
+	// Within a pass, a model whose one loader is busy and that no free
+	// backend holds blocks every request for it; the free backends are
+	// ranked once.
+	blocked := make(map[uint32]bool)
+	var free []*slot
+	ranked := false
+	return baselinePass(st, p, now, true, func(f *Fleet, j *proto.Job, kind string) *slot {
+		model, ok := s.model[j]
+		if !ok {
+			model = primary(f, j)
+			s.model[j] = model
+		}
+		if model == nil || blocked[model.id] {
 			return nil
 		}
-		use := func(sl *slot) *slot { s.lastUsed[sl.id] = now; return sl }
+		need := VRAMNeed(j)
+		use := func(sl *slot) *slot {
+			s.lastUsed[sl.id] = now
+			delete(s.model, j)
+			return sl
+		}
 		items := model.avail.items
 		for i := range items {
 			if sl := items[(s.rot+i)%len(items)]; sl.status == statusOpen && fits(sl, need, kind) {
@@ -208,32 +233,36 @@ func (s *SwarmUI) Pass(st State, p Planner) (PassStats, error) {
 		}
 		if id, ok := s.loading[model.id]; ok {
 			if e := f.jobs[id]; e != nil && e.runningSince.IsZero() {
-				return nil // one backend loads a model at a time
+				blocked[model.id] = true // one backend loads a model at a time
+				return nil
 			}
 			delete(s.loading, model.id)
 		}
 		if now.Sub(j.SubmittedAt) < swarmLoadDelay {
 			return nil
 		}
-		var best *slot
-		for _, c := range f.classes {
-			if c.cap > 0 && c.cap < need {
-				continue
-			}
-			for b := range c.buckets {
-				for _, sl := range c.buckets[b].items {
-					if !fits(sl, need, kind) {
-						continue
-					}
-					if best == nil || s.before(sl, best) {
-						best = sl
-					}
+		if !ranked {
+			ranked = true
+			for _, c := range f.classes {
+				for b := range c.buckets {
+					free = append(free, c.buckets[b].items...)
 				}
 			}
+			slices.SortStableFunc(free, func(a, b *slot) int {
+				switch {
+				case s.before(a, b):
+					return -1
+				case s.before(b, a):
+					return 1
+				}
+				return 0
+			})
 		}
-		if best != nil {
-			s.loading[model.id] = j.ID
-			return use(best)
+		for _, sl := range free {
+			if sl.status == statusOpen && fits(sl, need, kind) {
+				s.loading[model.id] = j.ID
+				return use(sl)
+			}
 		}
 		return nil
 	})
@@ -280,7 +309,8 @@ func (r *RayMultiplex) Pass(st State, p Planner) (PassStats, error) {
 	if n <= 0 {
 		n = 3
 	}
-	return baselinePass(st, p, r.Clock.Now(), true, func(f *Fleet, j *proto.Job, need int64, kind string) *slot {
+	return baselinePass(st, p, r.Clock.Now(), true, func(f *Fleet, j *proto.Job, kind string) *slot {
+		need := VRAMNeed(j)
 		model := primary(f, j)
 		if model == nil {
 			return nil
@@ -334,7 +364,8 @@ func (v *V1) Name() string { return "hearth-v1" }
 
 func (v *V1) Pass(st State, p Planner) (PassStats, error) {
 	now := v.Clock.Now()
-	return baselinePass(st, p, now, false, func(f *Fleet, j *proto.Job, need int64, kind string) *slot {
+	return baselinePass(st, p, now, false, func(f *Fleet, j *proto.Job, kind string) *slot {
+		need := VRAMNeed(j)
 		var best *slot
 		bestEst := 0.0
 		for _, s := range f.inService() {

@@ -12,20 +12,20 @@ import (
 
 // Scheduler is hearth's placement policy. Each queued job, highest
 // priority first and FIFO within a priority, goes to the slot where it is
-// expected to start soonest, all costs counted:
+// expected to start soonest, all costs counted: score = wait + load +
+// ShareWeight·share + EvictWeight·evict, where
 //
-//		score = wait + load + share + evict
-//
-//	  - wait: how long the slot needs for the job already on it (none when
-//	    the slot is open);
-//	  - load: for each model the slot will not hold by then, its size over
-//	    the bandwidth of the tier it sits in on that host (ram, disk, rack,
-//	    peer, origin);
-//	  - share: the job's expected run time for each other busy slot of the
-//	    same GPU, since jobs on one GPU share its compute;
-//	  - evict: what the models the worker would have to unload to make room
-//	    cost to load again, weighted by how likely they are to be wanted
-//	    soon (their recent demand over their other warm copies).
+//   - wait is how long the slot needs for the job already on it (none when
+//     the slot is open);
+//   - load is, for each model the slot will not hold by then, its size
+//     over the bandwidth of the tier it sits in on that host (ram, disk,
+//     rack, peer, origin); a disk read waits behind the reads already
+//     placed on that host's disk;
+//   - share is how long the job would run beside the jobs of the GPU's
+//     other slots, since jobs on one GPU share its compute;
+//   - evict is what the models the worker would unload to make room cost
+//     to load again, weighted by how likely they are to be wanted soon
+//     (their recent demand over their other warm copies).
 //
 // Binding is late. A job goes only to a slot that can start it now (open)
 // or right after its one current job (soon); otherwise it waits in the
@@ -35,7 +35,8 @@ import (
 // Candidates come from the fleet's indexes, never a scan: the slots that
 // will hold each of the job's models, the open slots of hosts that cache
 // its largest models, and open slots on the least busy GPUs. Each is
-// scored exactly.
+// scored exactly. After a job, its slot warms what jobs of its class were
+// most often asked for with besides (see companions).
 type Scheduler struct {
 	cfg Config
 

@@ -38,6 +38,17 @@ type Scenario struct {
 	Trace *Trace
 }
 
+// TraceScenario is a scenario of a recorded trace on spec. Unless spec
+// sets one, its warm-up is the first tenth of the trace's arrivals, as in
+// the standard scenarios, so a generated trace written out and read back
+// measures the same jobs.
+func TraceScenario(name string, spec Spec, tr *Trace) Scenario {
+	if spec.Warmup == 0 && len(tr.Jobs) > 0 {
+		spec.Warmup = tr.Jobs[len(tr.Jobs)-1].At / 10
+	}
+	return Scenario{Name: name, Spec: spec, Trace: tr}
+}
+
 // RunScenario runs every named policy on sc, one after the other, and
 // returns their results in the order given.
 func RunScenario(sc Scenario, policies []string, seed uint64) ([]*Result, error) {
